@@ -1,0 +1,210 @@
+package pliro
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"mime"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"go.uber.org/zap"
+)
+
+// Back-Channel Logout 1.0: Pliro POSTs a signed logout token when a customer
+// signs out on Pliro's side; the module ends the matching sessions.
+
+const (
+	// maxLogoutBody bounds the request body: a logout token is a few hundred
+	// bytes, so anything much larger is refused unread.
+	maxLogoutBody = 16 << 10
+	// backchannelLogoutEvent is the event a logout token must carry
+	// (Back-Channel Logout 1.0 §2.4).
+	backchannelLogoutEvent = "http://schemas.openid.net/event/backchannel-logout"
+)
+
+// serveBackchannelLogout answers Pliro's sign-out notification: 200 with
+// Cache-Control: no-store when the token is valid (also when no session here
+// matches it: the customer may have signed in on another instance or not at
+// all), 400 with a JSON error otherwise (Back-Channel Logout 1.0 §2.8).
+func (h *Handler) serveBackchannelLogout(w http.ResponseWriter, r *http.Request) error {
+	w.Header().Set("Cache-Control", "no-store")
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		return writeLogoutError(w, http.StatusMethodNotAllowed, "invalid_request", "use POST")
+	}
+	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != "application/x-www-form-urlencoded" {
+		return h.refuseLogout(w, http.StatusBadRequest, errors.New("content type must be application/x-www-form-urlencoded"))
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, maxLogoutBody)
+	if err := r.ParseForm(); err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			return h.refuseLogout(w, http.StatusRequestEntityTooLarge, errors.New("request body too large"))
+		}
+		return h.refuseLogout(w, http.StatusBadRequest, fmt.Errorf("reading form: %w", err))
+	}
+	raw := r.PostForm.Get("logout_token")
+	if raw == "" {
+		return h.refuseLogout(w, http.StatusBadRequest, errors.New("no logout_token"))
+	}
+	lt, err := h.verifyLogoutToken(r.Context(), raw)
+	if err != nil {
+		return h.refuseLogout(w, http.StatusBadRequest, err)
+	}
+	// A logout token is good once (Back-Channel Logout 1.0 §2.6 step 9).
+	// The replay cache outlives the acceptance window, after which an old
+	// token is refused for its iat anyway.
+	first, err := h.store.FirstUse(r.Context(), "logout:"+lt.replayKey, h.logoutReplayTTL())
+	if err != nil {
+		return h.refuseLogout(w, http.StatusBadRequest, fmt.Errorf("checking replay: %w", err))
+	}
+	if !first {
+		return h.refuseLogout(w, http.StatusBadRequest, errors.New("logout token replayed"))
+	}
+
+	// With a sid, end the sessions of that Pliro session (of that customer,
+	// when sub is given too); with only sub, every session of the customer
+	// (Back-Channel Logout 1.0 §2.7).
+	var ended int
+	if lt.SID != "" {
+		ended, err = h.store.DeleteByProviderSID(r.Context(), lt.SID, lt.Subject)
+	} else {
+		ended, err = h.store.DeleteBySubject(r.Context(), lt.Subject)
+	}
+	if err != nil {
+		// §2.8: if the logout failed, the RP must answer 400.
+		return h.refuseLogout(w, http.StatusBadRequest, fmt.Errorf("ending sessions: %w", err))
+	}
+	h.logger.Info("back-channel logout",
+		zap.String("customer_id", lt.Subject), zap.Int("sessions_ended", ended))
+	w.WriteHeader(http.StatusOK)
+	return nil
+}
+
+// refuseLogout logs why a notification was refused (never the token) and
+// answers with a JSON error.
+func (h *Handler) refuseLogout(w http.ResponseWriter, status int, reason error) error {
+	h.logger.Warn("refusing back-channel logout", zap.Int("status", status), zap.Error(reason))
+	return writeLogoutError(w, status, "invalid_request", reason.Error())
+}
+
+func writeLogoutError(w http.ResponseWriter, status int, code, description string) error {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	return json.NewEncoder(w).Encode(map[string]string{"error": code, "error_description": description})
+}
+
+// logoutToken is a verified logout token's meaning.
+type logoutToken struct {
+	Subject   string
+	SID       string
+	replayKey string // jti, or the token's hash when Pliro sends no jti
+}
+
+// verifyLogoutToken performs the validation of Back-Channel Logout 1.0 §2.6
+// plus Pliro's documented checks. go-oidc's VerifyLogout is not used because
+// it refuses tokens without exp and jti, which Pliro does not document; every
+// check it makes is made here too.
+func (h *Handler) verifyLogoutToken(ctx context.Context, raw string) (*logoutToken, error) {
+	if len(raw) > maxLogoutBody {
+		return nil, errors.New("logout token too large")
+	}
+	// §2.6 step 3 / §2.4: alg none is forbidden; only ES256 and RS256 are
+	// accepted (no HMAC: RFC 8725 §3.1).
+	jws, err := jose.ParseSigned(raw, signingAlgs)
+	if err != nil {
+		return nil, fmt.Errorf("parsing logout token: %w", err)
+	}
+	if len(jws.Signatures) != 1 {
+		return nil, errors.New("logout token must carry exactly one signature")
+	}
+	// Explicit typing keeps an ID token or another JWT from being accepted
+	// as a logout token (§2.4, RFC 8725 §3.11; Pliro sends typ logout+jwt).
+	typ, _ := jws.Signatures[0].Protected.ExtraHeaders[jose.HeaderType].(string)
+	if !strings.EqualFold(strings.TrimPrefix(typ, "application/"), "logout+jwt") {
+		return nil, fmt.Errorf("logout token header typ is %q, want logout+jwt", typ)
+	}
+	e, err := h.provider.get(ctx)
+	if err != nil {
+		return nil, err
+	}
+	// §2.6 step 3: the signature, with Pliro's keys (JWKS or pinned).
+	payload, err := e.keys.VerifySignature(ctx, raw)
+	if err != nil {
+		return nil, fmt.Errorf("verifying logout token signature: %w", err)
+	}
+	var c struct {
+		Issuer   string                     `json:"iss"`
+		Subject  string                     `json:"sub"`
+		Audience stringOrList               `json:"aud"`
+		IssuedAt *float64                   `json:"iat"`
+		Expiry   *float64                   `json:"exp"`
+		JTI      string                     `json:"jti"`
+		SID      string                     `json:"sid"`
+		Events   map[string]json.RawMessage `json:"events"`
+		Nonce    json.RawMessage            `json:"nonce"`
+	}
+	if err := json.Unmarshal(payload, &c); err != nil {
+		return nil, fmt.Errorf("reading logout token claims: %w", err)
+	}
+	// §2.6 step 4 (OIDC Core §3.1.3.7 steps 2-3): issuer and audience.
+	if c.Issuer != h.Issuer {
+		return nil, fmt.Errorf("logout token issuer %q is not %q", c.Issuer, h.Issuer)
+	}
+	if !slices.Contains([]string(c.Audience), h.ClientID) {
+		return nil, errors.New("logout token is not addressed to this client (aud)")
+	}
+	// §2.6 step 4, §4.5: iat present, not in the future, and recent (Pliro:
+	// reject tokens older than about 5 minutes).
+	skew := h.clockSkew()
+	t := now()
+	if c.IssuedAt == nil {
+		return nil, errors.New("logout token has no iat")
+	}
+	iat := time.Unix(int64(*c.IssuedAt), 0)
+	if iat.After(t.Add(skew)) {
+		return nil, errors.New("logout token issued in the future (check the clocks)")
+	}
+	if t.Sub(iat) > time.Duration(h.LogoutTokenMaxAge)+skew {
+		return nil, fmt.Errorf("logout token is older than %s", time.Duration(h.LogoutTokenMaxAge))
+	}
+	// §2.4: exp, when present, must not have passed.
+	if c.Expiry != nil && !time.Unix(int64(*c.Expiry), 0).Add(skew).After(t) {
+		return nil, errors.New("logout token expired")
+	}
+	// §2.6 step 5: the back-channel logout event, whose value is a JSON
+	// object.
+	if ev, ok := c.Events[backchannelLogoutEvent]; !ok || len(ev) == 0 || ev[0] != '{' {
+		return nil, errors.New("logout token lacks the back-channel logout event")
+	}
+	// §2.6 step 7: no nonce, so an ID token cannot pass as a logout token.
+	if len(c.Nonce) > 0 {
+		return nil, errors.New("logout token must not contain a nonce")
+	}
+	// §2.6 step 6: sub, sid, or both.
+	if c.Subject == "" && c.SID == "" {
+		return nil, errors.New("logout token has neither sub nor sid")
+	}
+	lt := &logoutToken{Subject: c.Subject, SID: c.SID, replayKey: c.JTI}
+	if lt.replayKey == "" {
+		sum := sha256.Sum256([]byte(raw))
+		lt.replayKey = "sha256:" + base64.RawURLEncoding.EncodeToString(sum[:])
+	} else {
+		// The jti is unique per issuer; prefix it so no other key collides.
+		lt.replayKey = "jti:" + c.JTI
+	}
+	return lt, nil
+}
+
+// logoutReplayTTL keeps a seen token in the replay cache for longer than it
+// could be accepted.
+func (h *Handler) logoutReplayTTL() time.Duration {
+	return time.Duration(h.LogoutTokenMaxAge) + 2*h.clockSkew() + time.Minute
+}

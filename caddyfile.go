@@ -1,0 +1,227 @@
+package pliro
+
+import (
+	"fmt"
+	"strconv"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+func init() {
+	httpcaddyfile.RegisterHandlerDirective("pliro", parsePliro)
+	httpcaddyfile.RegisterHandlerDirective("pliro_require", parseRequire)
+	// Identity first, then access rules, both just before Caddy's own
+	// basic_auth and so before anything that proxies or serves content;
+	// users need no order line. (An order can only name a standard
+	// directive: inserting both before basic_auth, in this order, gives
+	// ... pliro, pliro_require, basic_auth ...)
+	httpcaddyfile.RegisterDirectiveOrder("pliro", httpcaddyfile.Before, "basic_auth")
+	httpcaddyfile.RegisterDirectiveOrder("pliro_require", httpcaddyfile.Before, "basic_auth")
+}
+
+// defaultHeaderPrefix is identity_headers' prefix when none is given.
+const defaultHeaderPrefix = "X-Pliro-"
+
+// parsePliro sets up the handler from Caddyfile tokens:
+//
+//	pliro {
+//		issuer                   <url>
+//		client_id                <id>
+//		client_secret            <secret>
+//		scopes                   <scope...>
+//		public_key_file          <path>
+//		pkce                     auto|on|off
+//		token_auth_method        client_secret_basic|client_secret_post
+//		redirect_uri             <path|url>
+//		sign_in_path             <path>
+//		sign_out_path            <path>
+//		backchannel_logout_path  <path>
+//		cookie_name              <name>
+//		idle_timeout             <duration>
+//		max_lifetime             <duration>
+//		clock_skew               <duration>
+//		identity_headers         [<prefix>]
+//		end_provider_session     on|off
+//		post_logout_redirect_uri <path|url>
+//		sign_out_redirect        <path>
+//		logout_token_max_age     <duration>
+//	}
+func parsePliro(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	p := new(Handler)
+	if err := p.UnmarshalCaddyfile(h.Dispenser); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// UnmarshalCaddyfile implements caddyfile.Unmarshaler.
+func (p *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // consume directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	stringFields := map[string]*string{
+		"issuer":                   &p.Issuer,
+		"client_id":                &p.ClientID,
+		"client_secret":            &p.ClientSecret,
+		"public_key_file":          &p.PublicKeyFile,
+		"pkce":                     &p.PKCE,
+		"token_auth_method":        &p.TokenAuthMethod,
+		"redirect_uri":             &p.RedirectURI,
+		"sign_in_path":             &p.SignInPath,
+		"sign_out_path":            &p.SignOutPath,
+		"backchannel_logout_path":  &p.BackchannelLogoutPath,
+		"cookie_name":              &p.CookieName,
+		"post_logout_redirect_uri": &p.PostLogoutRedirectURI,
+		"sign_out_redirect":        &p.SignOutRedirect,
+	}
+	durations := map[string]*caddy.Duration{
+		"idle_timeout":         &p.IdleTimeout,
+		"max_lifetime":         &p.MaxLifetime,
+		"clock_skew":           &p.ClockSkew,
+		"logout_token_max_age": &p.LogoutTokenMaxAge,
+	}
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		name := d.Val()
+		if seen[name] {
+			return d.Errf("duplicate subdirective '%s'", name)
+		}
+		seen[name] = true
+		switch {
+		case stringFields[name] != nil:
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			*stringFields[name] = d.Val()
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+		case durations[name] != nil:
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			dur, err := caddy.ParseDuration(d.Val())
+			if err != nil {
+				return d.Errf("%s: bad duration %q (use e.g. 30m, 12h, 14d): %v", name, d.Val(), err)
+			}
+			*durations[name] = caddy.Duration(dur)
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+		case name == "scopes":
+			p.Scopes = d.RemainingArgs()
+			if len(p.Scopes) == 0 {
+				return d.ArgErr()
+			}
+		case name == "identity_headers":
+			args := d.RemainingArgs()
+			switch len(args) {
+			case 0:
+				p.IdentityHeaderPrefix = defaultHeaderPrefix
+			case 1:
+				p.IdentityHeaderPrefix = args[0]
+			default:
+				return d.ArgErr()
+			}
+		case name == "end_provider_session":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			on, err := parseOnOff(d.Val())
+			if err != nil {
+				return d.Errf("end_provider_session: %v", err)
+			}
+			p.EndProviderSession = &on
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+		default:
+			return d.Errf("unrecognized subdirective '%s'", name)
+		}
+	}
+	// Catch the most common omissions at adapt time, not only at start.
+	if p.Issuer == "" {
+		return d.Err("pliro: issuer is required (the URL of your Pliro site, e.g. https://news.plirotest.page)")
+	}
+	if err := validateIssuer(p.Issuer); err != nil {
+		return d.Errf("pliro: %v", err)
+	}
+	if p.ClientID == "" {
+		return d.Err("pliro: client_id is required (the OAuth application's client ID in Pliro)")
+	}
+	if p.ClientSecret == "" {
+		return d.Err("pliro: client_secret is required; give it as {env.PLIRO_CLIENT_SECRET}")
+	}
+	return nil
+}
+
+func parseOnOff(v string) (bool, error) {
+	switch v {
+	case "on":
+		return true, nil
+	case "off":
+		return false, nil
+	}
+	if b, err := strconv.ParseBool(v); err == nil {
+		return b, nil
+	}
+	return false, fmt.Errorf("want on or off, not %q", v)
+}
+
+// parseRequire sets up pliro_require:
+//
+//	pliro_require [<matcher>] [plan <slug...>]
+//
+//	pliro_require [<matcher>] {
+//		plan <slug...>
+//	}
+func parseRequire(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	rq := new(Require)
+	if err := rq.UnmarshalCaddyfile(h.Dispenser); err != nil {
+		return nil, err
+	}
+	return rq, nil
+}
+
+// UnmarshalCaddyfile implements caddyfile.Unmarshaler.
+func (rq *Require) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // consume directive name
+	if d.NextArg() {
+		if err := rq.parseRule(d); err != nil {
+			return err
+		}
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		if err := rq.parseRule(d); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// parseRule reads one rule whose name is the current token.
+func (rq *Require) parseRule(d *caddyfile.Dispenser) error {
+	switch d.Val() {
+	case "plan":
+		if len(rq.Plans) > 0 {
+			return d.Err("duplicate subdirective 'plan': list every plan slug on one line")
+		}
+		rq.Plans = d.RemainingArgs()
+		if len(rq.Plans) == 0 {
+			return d.Err("plan needs at least one plan slug, e.g. plan premium premium-plus")
+		}
+	default:
+		return d.Errf("unrecognized subdirective '%s' (pliro_require takes: plan)", d.Val())
+	}
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddyfile.Unmarshaler = (*Handler)(nil)
+	_ caddyfile.Unmarshaler = (*Require)(nil)
+)

@@ -1,0 +1,103 @@
+package pliro
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+)
+
+// customerClaims are the claims Pliro issues about a customer, in the ID
+// token and from userinfo. A claim with no value is omitted (or, from some
+// servers, null); both read as empty.
+type customerClaims struct {
+	Subject     string       `json:"sub"`
+	ProviderSID string       `json:"sid"`
+	Email       string       `json:"email"`
+	Name        string       `json:"name"`
+	Plan        string       `json:"plan"`
+	PlanSlugs   stringOrList `json:"plan_slugs"`
+}
+
+func (c *customerClaims) session() *Session {
+	return &Session{
+		Subject:     c.Subject,
+		ProviderSID: c.ProviderSID,
+		Email:       c.Email,
+		Name:        c.Name,
+		Plan:        c.Plan,
+		PlanSlugs:   []string(c.PlanSlugs),
+	}
+}
+
+// stringOrList reads a JSON array of strings, a single string (space- or
+// comma-separated) or null, because Pliro's plan_slugs is documented as an
+// array but a bare slug is the likelier mistake than an error.
+type stringOrList []string
+
+func (l *stringOrList) UnmarshalJSON(b []byte) error {
+	var list []string
+	if err := json.Unmarshal(b, &list); err == nil {
+		*l = slices.DeleteFunc(list, func(s string) bool { return s == "" })
+		return nil
+	}
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("want a string or a list of strings: %w", err)
+	}
+	*l = strings.FieldsFunc(s, func(r rune) bool { return r == ' ' || r == ',' })
+	return nil
+}
+
+// verifyIDToken checks an ID token from the token endpoint as OIDC Core
+// §3.1.3.7 requires and returns its claims. go-oidc checks the signature,
+// iss, aud and exp; the rest is checked here.
+func (h *Handler) verifyIDToken(ctx context.Context, e *endpoints, raw, nonce, accessToken string) (*customerClaims, error) {
+	tok, err := e.idTokens.Verify(ctx, raw)
+	if err != nil {
+		return nil, err
+	}
+	// nonce must equal the one sent in this browser's authorization request:
+	// it stops a token from another sign-in being replayed or injected
+	// (OIDC Core §3.1.3.7 step 11; go-oidc leaves this to the caller).
+	if tok.Nonce == "" || subtle.ConstantTimeCompare([]byte(tok.Nonce), []byte(nonce)) != 1 {
+		return nil, errors.New("nonce does not match this sign-in")
+	}
+	var c struct {
+		customerClaims
+		AuthorizedParty string `json:"azp"`
+	}
+	if err := tok.Claims(&c); err != nil {
+		return nil, fmt.Errorf("reading claims: %w", err)
+	}
+	// azp: with several audiences it must be present, and when present it
+	// must be us (OIDC Core §3.1.3.7 steps 4 and 5).
+	if len(tok.Audience) > 1 && c.AuthorizedParty == "" {
+		return nil, errors.New("token has several audiences and no azp")
+	}
+	if c.AuthorizedParty != "" && c.AuthorizedParty != h.ClientID {
+		return nil, fmt.Errorf("token was issued to another client (azp %q)", c.AuthorizedParty)
+	}
+	// iat is required and must not be in the future beyond the clock skew
+	// (OIDC Core §2, §3.1.3.7 step 10).
+	if tok.IssuedAt.IsZero() {
+		return nil, errors.New("token has no iat")
+	}
+	if tok.IssuedAt.After(now().Add(h.clockSkew())) {
+		return nil, errors.New("token issued in the future (check the clocks)")
+	}
+	// at_hash, when present, binds the access token to this ID token (OIDC
+	// Core §3.1.3.8, §3.2.2.9).
+	if tok.AccessTokenHash != "" {
+		if err := tok.VerifyAccessToken(accessToken); err != nil {
+			return nil, fmt.Errorf("access token does not match at_hash: %w", err)
+		}
+	}
+	if c.Subject == "" {
+		return nil, errors.New("token has no sub")
+	}
+	return &c.customerClaims, nil
+}

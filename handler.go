@@ -1,0 +1,302 @@
+package pliro
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/coreos/go-oidc/v3/oidc"
+	"go.uber.org/zap"
+	"golang.org/x/oauth2"
+)
+
+// ServeHTTP is the module's front door. Requests for the module's own
+// endpoints are answered here; every other request learns who the customer
+// is (placeholders, optional headers) and goes on to the next handler, where
+// pliro_require decides whether the route needs a signed-in customer.
+//
+// The sign-in flow, in the order a customer meets it:
+//  1. startSignIn: a protected page, or the sign-in path, sends the browser
+//     to Pliro's authorize endpoint with state, nonce and PKCE.
+//  2. serveCallback: Pliro sends the browser back with a code; the module
+//     checks the state, exchanges the code, verifies the ID token and
+//     starts a brand-new session.
+//  3. ServeHTTP on the next requests: the session cookie becomes the
+//     customer's identity.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	switch r.URL.Path {
+	case h.callbackPath:
+		return h.serveCallback(w, r)
+	case h.SignInPath:
+		return h.serveSignIn(w, r)
+	case h.SignOutPath:
+		return h.serveSignOut(w, r)
+	case h.BackchannelLogoutPath:
+		return h.serveBackchannelLogout(w, r)
+	}
+
+	// Identity headers come only from this module: whatever the client sent
+	// under the same names is removed first, signed in or not.
+	h.removeClientIdentityHeaders(r)
+	s, key, err := h.loadSession(r)
+	if err != nil {
+		// The store is down: the site goes on serving public pages to an
+		// anonymous visitor; pliro_require answers 503 on protected ones.
+		h.logger.Warn("loading session", zap.Error(err))
+	}
+	if s != nil {
+		h.setIdentity(r, s)
+	} else {
+		h.setIdentity(r, anonymous)
+	}
+	caddyhttp.SetVar(r.Context(), requestStateVar, &requestState{handler: h, session: s, key: key, storeErr: err})
+	return next.ServeHTTP(w, r)
+}
+
+// requestState is what ServeHTTP learned, kept in the request's vars for
+// pliro_require further down the route.
+type requestState struct {
+	handler  *Handler
+	session  *Session // nil: anonymous
+	key      string   // store key of the session cookie, if any
+	storeErr error
+}
+
+const requestStateVar = "pliro.request"
+
+func requestStateOf(r *http.Request) *requestState {
+	st, _ := caddyhttp.GetVar(r.Context(), requestStateVar).(*requestState)
+	return st
+}
+
+// serveSignIn starts a sign-in from a link or button anywhere on the site:
+// GET /sign-in?return_to=/article/7. A customer who is already signed in goes
+// straight to return_to.
+func (h *Handler) serveSignIn(w http.ResponseWriter, r *http.Request) error {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		return methodNotAllowed(w, http.MethodGet, http.MethodHead)
+	}
+	returnTo, ok := safeReturnTo(r.URL.Query().Get("return_to"))
+	if !ok {
+		returnTo = "/"
+	}
+	if s, _, _ := h.loadSession(r); s != nil {
+		http.Redirect(w, r, returnTo, http.StatusSeeOther)
+		return nil
+	}
+	return h.startSignIn(w, r, returnTo)
+}
+
+// startSignIn sends the browser to Pliro's authorize endpoint (OIDC Core
+// §3.1.2.1) and remembers the attempt in a sealed cookie.
+func (h *Handler) startSignIn(w http.ResponseWriter, r *http.Request, returnTo string) error {
+	e, err := h.provider.get(r.Context())
+	if err != nil {
+		return caddyhttp.Error(http.StatusBadGateway, err)
+	}
+	a := &signInAttempt{
+		// state: CSRF protection, bound to this browser (RFC 9700 §4.7.1).
+		State: randomToken(32),
+		// nonce: binds the ID token to this attempt, against replayed or
+		// injected tokens (OIDC Core §3.1.2.1, §15.5.2).
+		Nonce:    randomToken(32),
+		ReturnTo: returnTo,
+		Issued:   now().Unix(),
+	}
+	opts := []oauth2.AuthCodeOption{oidc.Nonce(a.Nonce)}
+	if e.pkce {
+		// PKCE binds the code to this attempt: a stolen or injected code is
+		// useless without the verifier (RFC 7636; RFC 9700 §2.1.1).
+		a.Verifier = oauth2.GenerateVerifier()
+		opts = append(opts, oauth2.S256ChallengeOption(a.Verifier))
+	}
+	h.saveSignInAttempt(w, r, a)
+	cfg := h.provider.oauth2Config(e, h.clientSecret, h.redirectURI(r), h.Scopes, h.authStyle())
+	http.Redirect(w, r, cfg.AuthCodeURL(a.State, opts...), http.StatusFound)
+	return nil
+}
+
+// serveCallback finishes a sign-in: Pliro sent the browser back to the
+// redirect URI with ?code=...&state=... (or ?error=...).
+func (h *Handler) serveCallback(w http.ResponseWriter, r *http.Request) error {
+	if r.Method != http.MethodGet {
+		return methodNotAllowed(w, http.MethodGet)
+	}
+	q := r.URL.Query()
+	a, err := h.takeSignInAttempt(w, r, q.Get("state"))
+	if err != nil {
+		if errors.Is(err, errNoSignInAttempt) || errors.Is(err, errSignInAttemptExpired) {
+			return caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("sign-in callback: %w", err))
+		}
+		return caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("sign-in callback: %w", err))
+	}
+	// Authorization server issuer identification: when Pliro names itself in
+	// the response, it must be our issuer, or this is a mix-up attack
+	// (RFC 9207 §2.4; RFC 9700 §4.4).
+	if iss := q.Get("iss"); iss != "" && iss != h.Issuer {
+		return caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("sign-in callback: response from issuer %q, expected %q", iss, h.Issuer))
+	}
+	if code := q.Get("error"); code != "" {
+		return h.signInRefused(code)
+	}
+	code := q.Get("code")
+	if code == "" {
+		return caddyhttp.Error(http.StatusBadRequest, errors.New("sign-in callback without code"))
+	}
+
+	e, err := h.provider.get(r.Context())
+	if err != nil {
+		return caddyhttp.Error(http.StatusBadGateway, err)
+	}
+	tokens, err := h.exchangeCode(r, e, code, a)
+	if err != nil {
+		return err
+	}
+	claims, err := h.verifyIDToken(r.Context(), e, tokens.idToken, a.Nonce, tokens.accessToken)
+	if err != nil {
+		h.logger.Warn("rejecting ID token", zap.Error(err))
+		return caddyhttp.Error(http.StatusBadGateway, fmt.Errorf("verifying ID token: %w", err))
+	}
+
+	// A brand-new session ID for every sign-in, and the visitor's previous
+	// session (if any) ended: a session ID planted before sign-in is worth
+	// nothing after it (session fixation, OWASP ASVS V3.2.1).
+	if oldKey, ok := h.sessionKeyFromRequest(r); ok {
+		if err := h.store.Delete(r.Context(), oldKey); err != nil {
+			return caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("ending previous session: %w", err))
+		}
+	}
+	t := now()
+	s := claims.session()
+	s.IDToken = tokens.idToken
+	s.AccessToken = tokens.accessToken
+	s.AccessTokenExpiry = tokens.accessTokenExpiry
+	s.Created, s.LastSeen = t, t
+	cookieValue, key := newSessionID()
+	if err := h.store.Save(r.Context(), key, s, h.deadline(s)); err != nil {
+		return caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("saving session: %w", err))
+	}
+	h.setSessionCookie(w, r, cookieValue)
+	h.logger.Info("customer signed in", zap.String("customer_id", s.Subject))
+	http.Redirect(w, r, a.ReturnTo, http.StatusSeeOther)
+	return nil
+}
+
+// signInRefused turns an error response from Pliro's authorize endpoint
+// (OAuth 2.0 §4.1.2.1) into a 4xx error for handle_errors. The error code
+// is from a fixed vocabulary; the description is not echoed.
+func (h *Handler) signInRefused(code string) error {
+	status := http.StatusBadRequest
+	if code == "access_denied" {
+		status = http.StatusForbidden
+	}
+	if len(code) > 64 || strings.ContainsFunc(code, func(r rune) bool { return r < 0x21 || r > 0x7e }) {
+		code = "invalid"
+	}
+	return caddyhttp.Error(status, fmt.Errorf("sign-in refused by the provider: %s", code))
+}
+
+// tokenResponse is what the token endpoint returned.
+type tokenResponse struct {
+	idToken           string
+	accessToken       string
+	accessTokenExpiry time.Time
+}
+
+// exchangeCode redeems the authorization code at Pliro's token endpoint,
+// authenticating with the client secret (OIDC Core §3.1.3.1).
+func (h *Handler) exchangeCode(r *http.Request, e *endpoints, code string, a *signInAttempt) (*tokenResponse, error) {
+	cfg := h.provider.oauth2Config(e, h.clientSecret, h.redirectURI(r), h.Scopes, h.authStyle())
+	var opts []oauth2.AuthCodeOption
+	if a.Verifier != "" {
+		opts = append(opts, oauth2.VerifierOption(a.Verifier))
+	}
+	tok, err := cfg.Exchange(oidc.ClientContext(r.Context(), h.provider.client), code, opts...)
+	if err != nil {
+		var re *oauth2.RetrieveError
+		if errors.As(err, &re) && re.ErrorCode == "invalid_grant" {
+			// The code expired or was used already: the customer should
+			// simply sign in again.
+			return nil, caddyhttp.Error(http.StatusBadRequest, errors.New("exchanging authorization code: code expired or already used"))
+		}
+		return nil, caddyhttp.Error(http.StatusBadGateway, fmt.Errorf("exchanging authorization code: %w", redactRetrieveError(err)))
+	}
+	idToken, _ := tok.Extra("id_token").(string)
+	if idToken == "" {
+		return nil, caddyhttp.Error(http.StatusBadGateway, errors.New("token response has no id_token (is the openid scope granted?)"))
+	}
+	return &tokenResponse{idToken: idToken, accessToken: tok.AccessToken, accessTokenExpiry: tok.Expiry}, nil
+}
+
+// redactRetrieveError keeps the status and OAuth error code of a failed
+// token request but drops the response body, which could hold tokens.
+func redactRetrieveError(err error) error {
+	var re *oauth2.RetrieveError
+	if errors.As(err, &re) {
+		status := ""
+		if re.Response != nil {
+			status = re.Response.Status
+		}
+		if re.ErrorCode != "" {
+			return fmt.Errorf("token endpoint answered %s (%s)", status, re.ErrorCode)
+		}
+		return fmt.Errorf("token endpoint answered %s", status)
+	}
+	return err
+}
+
+// redirectURI is the registered redirect URI for this request: redirect_uri
+// as configured when absolute, else completed with the request's scheme and
+// host (Caddy matched the host to this site).
+func (h *Handler) redirectURI(r *http.Request) string {
+	return h.absoluteURL(r, h.RedirectURI)
+}
+
+// absoluteURL completes a configured path with the request's scheme and
+// host; an absolute URL is returned as it is.
+func (h *Handler) absoluteURL(r *http.Request, pathOrURL string) string {
+	if strings.Contains(pathOrURL, "://") {
+		return pathOrURL
+	}
+	scheme := "http"
+	if isHTTPS(r) {
+		scheme = "https"
+	}
+	return (&url.URL{Scheme: scheme, Host: r.Host, Path: pathOrURL}).String()
+}
+
+// isNavigation reports whether a request is a top-level page load by a
+// person, which may be redirected to Pliro. Fetch metadata says so directly
+// (Sec-Fetch-Mode: navigate); older browsers send Accept: text/html. XHR,
+// fetch, API calls and POSTs get a 401 instead of a redirect they cannot
+// follow.
+func isNavigation(r *http.Request) bool {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		return false
+	}
+	if mode := r.Header.Get("Sec-Fetch-Mode"); mode != "" {
+		return mode == "navigate"
+	}
+	if r.Header.Get("X-Requested-With") != "" {
+		return false
+	}
+	return strings.Contains(r.Header.Get("Accept"), "text/html")
+}
+
+// originalRequestURI is the path and query the browser asked for, before
+// any rewrite: the page to come back to after sign-in.
+func originalRequestURI(r *http.Request) string {
+	if orig, ok := r.Context().Value(caddyhttp.OriginalRequestCtxKey).(http.Request); ok && orig.URL != nil {
+		return orig.URL.RequestURI()
+	}
+	return r.URL.RequestURI()
+}
+
+func methodNotAllowed(w http.ResponseWriter, allowed ...string) error {
+	w.Header().Set("Allow", strings.Join(allowed, ", "))
+	return caddyhttp.Error(http.StatusMethodNotAllowed, errors.New("method not allowed"))
+}

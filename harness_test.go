@@ -1,0 +1,183 @@
+package pliro
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/cookiejar"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	_ "github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+)
+
+// testSite is a real Caddy, running in this process with a Caddyfile, on a
+// free loopback port. Loading a second site in the same test is a config
+// reload, as `caddy reload` does.
+type testSite struct {
+	t       *testing.T
+	base    string // http://localhost:PORT
+	port    int
+	logFile string
+}
+
+// startCaddy runs the Caddyfile's site block (given without its address)
+// under http://localhost:PORT with the module's directives available.
+func startCaddy(t *testing.T, siteBody string) *testSite {
+	t.Helper()
+	s := &testSite{t: t, port: freePort(t), logFile: filepath.Join(t.TempDir(), "caddy.log")}
+	s.base = fmt.Sprintf("http://localhost:%d", s.port)
+	s.load(siteBody)
+	t.Cleanup(func() { _ = caddy.Stop() })
+	return s
+}
+
+// load (re)loads the site with a new body.
+func (s *testSite) load(siteBody string) {
+	s.t.Helper()
+	cfg := fmt.Sprintf(`{
+	admin off
+	auto_https off
+	http_port %d
+	storage file_system %s
+	log {
+		output file %s
+		level DEBUG
+	}
+}
+http://localhost:%d {
+%s
+}
+`, s.port, filepath.Join(filepath.Dir(s.logFile), "storage"), s.logFile, s.port, siteBody)
+	adapter := caddyconfig.GetAdapter("caddyfile")
+	js, warnings, err := adapter.Adapt([]byte(cfg), nil)
+	if err != nil {
+		s.t.Fatalf("adapting Caddyfile: %v\n%s", err, cfg)
+	}
+	for _, w := range warnings {
+		if !strings.Contains(w.Message, "not formatted") {
+			s.t.Logf("caddyfile warning: %s", w)
+		}
+	}
+	if err := caddy.Load(js, true); err != nil {
+		s.t.Fatalf("loading config: %v", err)
+	}
+}
+
+// logs returns everything Caddy logged so far.
+func (s *testSite) logs() string {
+	b, _ := os.ReadFile(s.logFile)
+	return string(b)
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// browser is an HTTP client with a cookie jar that behaves like a browser
+// navigating: it sends Sec-Fetch-Mode: navigate and Accept: text/html, and
+// follows redirects itself so the tests can see each hop.
+type browser struct {
+	t      *testing.T
+	client *http.Client
+	jar    *cookiejar.Jar
+}
+
+func newBrowser(t *testing.T) *browser {
+	jar, _ := cookiejar.New(nil)
+	return &browser{t: t, jar: jar, client: &http.Client{
+		Jar:           jar,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}}
+}
+
+// response is a finished request, body read.
+type response struct {
+	*http.Response
+	body string
+}
+
+// do sends one request without following redirects.
+func (b *browser) do(req *http.Request) *response {
+	b.t.Helper()
+	if req.Header.Get("Sec-Fetch-Mode") == "" && req.Header.Get("Accept") == "" && req.Method == http.MethodGet {
+		req.Header.Set("Sec-Fetch-Mode", "navigate")
+		req.Header.Set("Sec-Fetch-Dest", "document")
+		req.Header.Set("Accept", "text/html,application/xhtml+xml")
+	}
+	resp, err := b.client.Do(req)
+	if err != nil {
+		b.t.Fatalf("%s %s: %v", req.Method, req.URL, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return &response{resp, string(body)}
+}
+
+func (b *browser) get(rawURL string) *response {
+	b.t.Helper()
+	req, err := http.NewRequest(http.MethodGet, rawURL, nil)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	return b.do(req)
+}
+
+// navigate opens a URL and follows redirects (across Caddy and the
+// provider), returning the final response and every URL visited.
+func (b *browser) navigate(rawURL string) (*response, []string) {
+	b.t.Helper()
+	var visited []string
+	for range 10 {
+		visited = append(visited, rawURL)
+		resp := b.get(rawURL)
+		if resp.StatusCode < 300 || resp.StatusCode > 399 {
+			return resp, visited
+		}
+		next, err := resp.Request.URL.Parse(resp.Header.Get("Location"))
+		if err != nil {
+			b.t.Fatalf("bad Location %q: %v", resp.Header.Get("Location"), err)
+		}
+		rawURL = next.String()
+	}
+	b.t.Fatalf("too many redirects: %v", visited)
+	return nil, nil
+}
+
+// postForm sends a same-origin form POST, as a page of the site would.
+func (b *browser) postForm(rawURL string, form url.Values, origin string) *response {
+	b.t.Helper()
+	req, err := http.NewRequest(http.MethodPost, rawURL, strings.NewReader(form.Encode()))
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	if origin != "" {
+		req.Header.Set("Origin", origin)
+	}
+	return b.do(req)
+}
+
+// cookie returns the jar's cookie of that name for the URL, or "".
+func (b *browser) cookie(rawURL, name string) string {
+	u, _ := url.Parse(rawURL)
+	for _, c := range b.jar.Cookies(u) {
+		if c.Name == name {
+			return c.Value
+		}
+	}
+	return ""
+}

@@ -1,0 +1,145 @@
+package pliro
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"net/http"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Session is what the module knows about one signed-in customer. It lives on
+// the server, in a Store; the browser's cookie holds only a random ID whose
+// SHA-256 is the store key, so a leaked store does not leak usable cookies.
+//
+// A *Session taken from a Store is never modified: an update builds a new
+// value and saves it, so readers need no lock.
+type Session struct {
+	// Subject is the customer's Pliro ID (the ID token's sub claim).
+	Subject string `json:"sub"`
+	// ProviderSID is Pliro's session ID (the sid claim), used by
+	// back-channel logout to find this session.
+	ProviderSID string `json:"sid,omitempty"`
+
+	Email     string   `json:"email,omitempty"`
+	Name      string   `json:"name,omitempty"`
+	Plan      string   `json:"plan,omitempty"`
+	PlanSlugs []string `json:"plan_slugs,omitempty"`
+
+	// IDToken is the latest ID token, sent as id_token_hint at sign-out.
+	IDToken string `json:"id_token,omitempty"`
+	// AccessToken is the opaque token for Pliro's userinfo endpoint.
+	AccessToken       string    `json:"access_token,omitempty"`
+	AccessTokenExpiry time.Time `json:"access_token_expiry,omitzero"`
+
+	// Created is the sign-in time; the session ends at Created+max_lifetime.
+	Created time.Time `json:"created"`
+	// LastSeen moves forward as the customer uses the site (at most once a
+	// minute); the session ends after idle_timeout without a visit.
+	LastSeen time.Time `json:"last_seen"`
+}
+
+// Store keeps sessions on the server. Semantics (as in alexedwards/scs):
+// a missing, expired or unknown key is found=false with a nil error; errors
+// are for system failures only; deleting a missing key is not an error.
+type Store interface {
+	// Load returns the session saved under key, unless its deadline passed.
+	Load(ctx context.Context, key string) (s *Session, found bool, err error)
+	// Save stores s under key until deadline, replacing any earlier value,
+	// and indexes it by s.Subject and s.ProviderSID.
+	Save(ctx context.Context, key string, s *Session, deadline time.Time) error
+	// Delete ends the session saved under key.
+	Delete(ctx context.Context, key string) error
+	// DeleteByProviderSID ends every session that carries Pliro's sid and,
+	// when subject is not empty, also that subject. It returns how many
+	// sessions it ended.
+	DeleteByProviderSID(ctx context.Context, sid, subject string) (int, error)
+	// DeleteBySubject ends every session of one customer.
+	DeleteBySubject(ctx context.Context, subject string) (int, error)
+	// FirstUse records that key was used, for ttl, and reports whether this
+	// is its first use: the replay cache for sign-in states and logout tokens.
+	FirstUse(ctx context.Context, key string, ttl time.Duration) (bool, error)
+}
+
+// sessionIDBytes is the entropy of a session ID: 256 bits, as scs does.
+const sessionIDBytes = 32
+
+// newSessionID returns a fresh random session ID for the cookie and the store
+// key that belongs to it.
+func newSessionID() (cookieValue, key string) {
+	var b [sessionIDBytes]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails (Go 1.24+)
+	cookieValue = base64.RawURLEncoding.EncodeToString(b[:])
+	return cookieValue, storeKey(cookieValue)
+}
+
+// storeKey is the store key for a session cookie value: its SHA-256, so the
+// store never holds a value that could be replayed as a cookie.
+func storeKey(cookieValue string) string {
+	sum := sha256.Sum256([]byte(cookieValue))
+	return base64.RawURLEncoding.EncodeToString(sum[:])
+}
+
+// sessionKeyFromRequest returns the store key named by the request's session
+// cookie, or false when there is no well-formed one. A cookie that is not
+// exactly an encoded 32-byte ID is ignored unread: it cannot be ours.
+func (h *Handler) sessionKeyFromRequest(r *http.Request) (string, bool) {
+	c, err := r.Cookie(h.sessionCookieName(r))
+	if err != nil || len(c.Value) != base64.RawURLEncoding.EncodedLen(sessionIDBytes) {
+		return "", false
+	}
+	if _, err := base64.RawURLEncoding.DecodeString(c.Value); err != nil {
+		return "", false
+	}
+	return storeKey(c.Value), true
+}
+
+// deadline is when s ends: after idle_timeout without a visit, and at the
+// latest max_lifetime after sign-in.
+func (h *Handler) deadline(s *Session) time.Time {
+	idle := s.LastSeen.Add(time.Duration(h.IdleTimeout))
+	absolute := s.Created.Add(time.Duration(h.MaxLifetime))
+	if idle.Before(absolute) {
+		return idle
+	}
+	return absolute
+}
+
+// loadSession returns the request's session, or nil when the visitor is
+// anonymous. A broken, unknown or expired cookie is anonymous, never an
+// error; only a failing store is.
+func (h *Handler) loadSession(r *http.Request) (s *Session, key string, err error) {
+	key, ok := h.sessionKeyFromRequest(r)
+	if !ok {
+		return nil, "", nil
+	}
+	s, found, err := h.store.Load(r.Context(), key)
+	if err != nil || !found {
+		return nil, key, err
+	}
+	now := now()
+	if !now.Before(h.deadline(s)) {
+		return nil, key, nil
+	}
+	// Slide the idle timeout, but write at most once a minute per session
+	// so that reading a page costs no store write.
+	if now.Sub(s.LastSeen) > sessionTouchInterval {
+		touched := *s
+		touched.LastSeen = now
+		if err := h.store.Save(r.Context(), key, &touched, h.deadline(&touched)); err != nil {
+			h.logger.Warn("extending session", zap.Error(err))
+		} else {
+			s = &touched
+		}
+	}
+	return s, key, nil
+}
+
+// sessionTouchInterval bounds how often a session's LastSeen is written.
+const sessionTouchInterval = time.Minute
+
+// now is the clock; tests move it.
+var now = time.Now
