@@ -212,8 +212,7 @@ func (p *testProvider) serveToken(w http.ResponseWriter, r *http.Request) {
 		secret, _ = url.QueryUnescape(secret)
 	}
 	if id != p.clientID || secret != p.clientSecret {
-		w.WriteHeader(http.StatusUnauthorized)
-		writeJSON(w, map[string]string{"error": "invalid_client"})
+		writeJSONStatus(w, http.StatusUnauthorized, map[string]string{"error": "invalid_client"})
 		return
 	}
 	p.mu.Lock()
@@ -221,15 +220,13 @@ func (p *testProvider) serveToken(w http.ResponseWriter, r *http.Request) {
 	delete(p.codes, r.PostForm.Get("code"))
 	p.mu.Unlock()
 	if !ok || grant.redirectURI != r.PostForm.Get("redirect_uri") || r.PostForm.Get("grant_type") != "authorization_code" {
-		w.WriteHeader(http.StatusBadRequest)
-		writeJSON(w, map[string]string{"error": "invalid_grant"})
+		writeJSONStatus(w, http.StatusBadRequest, map[string]string{"error": "invalid_grant"})
 		return
 	}
 	if grant.challenge != "" {
 		sum := sha256.Sum256([]byte(r.PostForm.Get("code_verifier")))
 		if base64.RawURLEncoding.EncodeToString(sum[:]) != grant.challenge {
-			w.WriteHeader(http.StatusBadRequest)
-			writeJSON(w, map[string]string{"error": "invalid_grant", "error_description": "PKCE"})
+			writeJSONStatus(w, http.StatusBadRequest, map[string]string{"error": "invalid_grant", "error_description": "PKCE"})
 			return
 		}
 	}
@@ -378,7 +375,10 @@ func (p *testProvider) set(f func(p *testProvider)) {
 	f(p)
 }
 
-func writeJSON(w http.ResponseWriter, v any) {
+func writeJSON(w http.ResponseWriter, v any) { writeJSONStatus(w, http.StatusOK, v) }
+
+func writeJSONStatus(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v)
 }
