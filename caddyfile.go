@@ -3,6 +3,7 @@ package pliro
 import (
 	"fmt"
 	"strconv"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -48,6 +49,10 @@ const defaultHeaderPrefix = "X-Pliro-"
 //		post_logout_redirect_uri <path|url>
 //		sign_out_redirect        <path>
 //		logout_token_max_age     <duration>
+//		refresh_interval         <duration>|off
+//		userinfo_timeout         <duration>
+//		reauth_interval          <duration>|off
+//		auto_sign_in             <duration>|off
 //	}
 func parsePliro(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	p := new(Handler)
@@ -83,6 +88,10 @@ func (p *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		"max_lifetime":         &p.MaxLifetime,
 		"clock_skew":           &p.ClockSkew,
 		"logout_token_max_age": &p.LogoutTokenMaxAge,
+		"refresh_interval":     &p.RefreshInterval,
+		"userinfo_timeout":     &p.UserinfoTimeout,
+		"reauth_interval":      &p.ReauthInterval,
+		"auto_sign_in":         &p.AutoSignIn,
 	}
 	seen := map[string]bool{}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
@@ -104,7 +113,7 @@ func (p *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if !d.NextArg() {
 				return d.ArgErr()
 			}
-			dur, err := caddy.ParseDuration(d.Val())
+			dur, err := parseDurationOrOff(d.Val(), name)
 			if err != nil {
 				return d.Errf("%s: bad duration %q (use e.g. 30m, 12h, 14d): %v", name, d.Val(), err)
 			}
@@ -159,6 +168,21 @@ func (p *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return nil
 }
 
+// parseDurationOrOff reads a duration; "off" turns off the periodic
+// features (refresh_interval: -1, reauth_interval and auto_sign_in: 0).
+func parseDurationOrOff(v, name string) (time.Duration, error) {
+	if v == "off" {
+		switch name {
+		case "refresh_interval":
+			return -1, nil
+		case "reauth_interval", "auto_sign_in":
+			return 0, nil
+		}
+		return 0, fmt.Errorf("%s cannot be off", name)
+	}
+	return caddy.ParseDuration(v)
+}
+
 func parseOnOff(v string) (bool, error) {
 	switch v {
 	case "on":
@@ -177,7 +201,9 @@ func parseOnOff(v string) (bool, error) {
 //	pliro_require [<matcher>] [plan <slug...>]
 //
 //	pliro_require [<matcher>] {
-//		plan <slug...>
+//		plan          <slug...>
+//		claim         <name> <value...>
+//		subscribe_url <url>
 //	}
 func parseRequire(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	rq := new(Require)
@@ -214,8 +240,31 @@ func (rq *Require) parseRule(d *caddyfile.Dispenser) error {
 		if len(rq.Plans) == 0 {
 			return d.Err("plan needs at least one plan slug, e.g. plan premium premium-plus")
 		}
+	case "claim":
+		args := d.RemainingArgs()
+		if len(args) < 2 {
+			return d.Err("claim needs a claim name and at least one value, e.g. claim role editor")
+		}
+		if rq.Claims == nil {
+			rq.Claims = map[string][]string{}
+		}
+		if _, dup := rq.Claims[args[0]]; dup {
+			return d.Errf("duplicate claim '%s': list every value on one line", args[0])
+		}
+		rq.Claims[args[0]] = args[1:]
+	case "subscribe_url":
+		if rq.SubscribeURL != "" {
+			return d.Err("duplicate subdirective 'subscribe_url'")
+		}
+		if !d.NextArg() {
+			return d.ArgErr()
+		}
+		rq.SubscribeURL = d.Val()
+		if d.NextArg() {
+			return d.ArgErr()
+		}
 	default:
-		return d.Errf("unrecognized subdirective '%s' (pliro_require takes: plan)", d.Val())
+		return d.Errf("unrecognized subdirective '%s' (pliro_require takes: plan, claim, subscribe_url)", d.Val())
 	}
 	return nil
 }

@@ -20,6 +20,10 @@ type customerClaims struct {
 	Name        string       `json:"name"`
 	Plan        string       `json:"plan"`
 	PlanSlugs   stringOrList `json:"plan_slugs"`
+
+	// Extra holds the other claims with a simple value, for pliro_require's
+	// claim rules.
+	Extra map[string][]string `json:"-"`
 }
 
 func (c *customerClaims) session() *Session {
@@ -30,7 +34,96 @@ func (c *customerClaims) session() *Session {
 		Name:        c.Name,
 		Plan:        c.Plan,
 		PlanSlugs:   []string(c.PlanSlugs),
+		Extra:       c.Extra,
 	}
+}
+
+// parseCustomerClaims reads a claims object (ID token payload or userinfo
+// response).
+func parseCustomerClaims(payload []byte) (*customerClaims, error) {
+	var c customerClaims
+	if err := json.Unmarshal(payload, &c); err != nil {
+		return nil, err
+	}
+	var all map[string]json.RawMessage
+	if err := json.Unmarshal(payload, &all); err != nil {
+		return nil, err
+	}
+	c.Extra = extraClaims(all)
+	return &c, nil
+}
+
+// protocolClaims are claims about the token or the sign-in, and the claims
+// the session keeps in fields of their own: none of them is an extra.
+var protocolClaims = map[string]bool{
+	"iss": true, "sub": true, "aud": true, "exp": true, "iat": true, "nbf": true,
+	"auth_time": true, "nonce": true, "at_hash": true, "c_hash": true, "azp": true,
+	"jti": true, "sid": true, "acr": true, "amr": true,
+	"email": true, "name": true, "plan": true, "plan_slugs": true,
+}
+
+// Bounds on what extra claims a session keeps, so a provider's large
+// claims cannot bloat every session.
+const (
+	maxExtraClaims     = 16
+	maxExtraClaimValue = 256
+)
+
+// extraClaims keeps the claims with a string, number, boolean or
+// string-list value, as strings.
+func extraClaims(all map[string]json.RawMessage) map[string][]string {
+	var extra map[string][]string
+	for name, raw := range all {
+		if protocolClaims[name] || len(extra) >= maxExtraClaims || len(raw) > maxExtraClaimValue {
+			continue
+		}
+		var values stringOrList
+		if err := json.Unmarshal(raw, &values); err != nil {
+			var scalar any
+			if json.Unmarshal(raw, &scalar) != nil {
+				continue
+			}
+			switch scalar.(type) {
+			case bool, float64:
+				values = stringOrList{string(raw)}
+			default:
+				continue
+			}
+		}
+		if len(values) == 0 {
+			continue
+		}
+		if extra == nil {
+			extra = make(map[string][]string)
+		}
+		extra[name] = values
+	}
+	return extra
+}
+
+// claimValues returns the session's values of one claim.
+func (s *Session) claimValues(name string) []string {
+	one := func(v string) []string {
+		if v == "" {
+			return nil
+		}
+		return []string{v}
+	}
+	switch name {
+	case "sub":
+		return one(s.Subject)
+	case "sid":
+		return one(s.ProviderSID)
+	case "email":
+		return one(s.Email)
+	case "name":
+		return one(s.Name)
+	case "plan":
+		return one(s.Plan)
+	case "plan_slugs":
+		return s.PlanSlugs
+	}
+	return s.Extra[name]
 }
 
 // stringOrList reads a JSON array of strings, a single string (space- or
@@ -66,20 +159,25 @@ func (h *Handler) verifyIDToken(ctx context.Context, e *endpoints, raw, nonce, a
 	if tok.Nonce == "" || subtle.ConstantTimeCompare([]byte(tok.Nonce), []byte(nonce)) != 1 {
 		return nil, errors.New("nonce does not match this sign-in")
 	}
-	var c struct {
-		customerClaims
-		AuthorizedParty string `json:"azp"`
-	}
-	if err := tok.Claims(&c); err != nil {
+	var payload json.RawMessage
+	if err := tok.Claims(&payload); err != nil {
 		return nil, fmt.Errorf("reading claims: %w", err)
 	}
+	c, err := parseCustomerClaims(payload)
+	if err != nil {
+		return nil, fmt.Errorf("reading claims: %w", err)
+	}
+	var azp struct {
+		AuthorizedParty string `json:"azp"`
+	}
+	_ = json.Unmarshal(payload, &azp)
 	// azp: with several audiences it must be present, and when present it
 	// must be us (OIDC Core §3.1.3.7 steps 4 and 5).
-	if len(tok.Audience) > 1 && c.AuthorizedParty == "" {
+	if len(tok.Audience) > 1 && azp.AuthorizedParty == "" {
 		return nil, errors.New("token has several audiences and no azp")
 	}
-	if c.AuthorizedParty != "" && c.AuthorizedParty != h.ClientID {
-		return nil, fmt.Errorf("token was issued to another client (azp %q)", c.AuthorizedParty)
+	if azp.AuthorizedParty != "" && azp.AuthorizedParty != h.ClientID {
+		return nil, fmt.Errorf("token was issued to another client (azp %q)", azp.AuthorizedParty)
 	}
 	// iat is required and must not be in the future beyond the clock skew
 	// (OIDC Core §2, §3.1.3.7 step 10).
@@ -99,5 +197,5 @@ func (h *Handler) verifyIDToken(ctx context.Context, e *endpoints, raw, nonce, a
 	if c.Subject == "" {
 		return nil, errors.New("token has no sub")
 	}
-	return &c.customerClaims, nil
+	return c, nil
 }

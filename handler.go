@@ -26,7 +26,8 @@ import (
 //     checks the state, exchanges the code, verifies the ID token and
 //     starts a brand-new session.
 //  3. ServeHTTP on the next requests: the session cookie becomes the
-//     customer's identity.
+//     customer's identity, kept fresh by userinfo (userinfo.go) and by
+//     silent re-authentication (silent.go).
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	switch r.URL.Path {
 	case h.callbackPath:
@@ -42,18 +43,26 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// Identity headers come only from this module: whatever the client sent
 	// under the same names is removed first, signed in or not.
 	h.removeClientIdentityHeaders(r)
-	s, key, err := h.loadSession(r)
-	if err != nil {
+	s, key, storeErr := h.loadSession(r)
+	if storeErr != nil {
 		// The store is down: the site goes on serving public pages to an
 		// anonymous visitor; pliro_require answers 503 on protected ones.
-		h.logger.Warn("loading session", zap.Error(err))
+		h.logger.Warn("loading session", zap.Error(storeErr))
 	}
-	if s != nil {
+	switch {
+	case s != nil:
+		var redirected bool
+		s, redirected = h.keepFresh(w, r, key, s)
+		if redirected {
+			return nil
+		}
 		h.setIdentity(r, s)
-	} else {
+	case storeErr == nil && h.autoSignInDue(r) && h.startAutoSignIn(w, r):
+		return nil
+	default:
 		h.setIdentity(r, anonymous)
 	}
-	caddyhttp.SetVar(r.Context(), requestStateVar, &requestState{handler: h, session: s, key: key, storeErr: err})
+	caddyhttp.SetVar(r.Context(), requestStateVar, &requestState{handler: h, session: s, key: key, storeErr: storeErr})
 	return next.ServeHTTP(w, r)
 }
 
@@ -88,12 +97,14 @@ func (h *Handler) serveSignIn(w http.ResponseWriter, r *http.Request) error {
 		http.Redirect(w, r, returnTo, http.StatusSeeOther)
 		return nil
 	}
-	return h.startSignIn(w, r, returnTo)
+	return h.startSignIn(w, r, returnTo, false)
 }
 
 // startSignIn sends the browser to Pliro's authorize endpoint (OIDC Core
-// §3.1.2.1) and remembers the attempt in a sealed cookie.
-func (h *Handler) startSignIn(w http.ResponseWriter, r *http.Request, returnTo string) error {
+// §3.1.2.1) and remembers the attempt in a sealed cookie. A silent attempt
+// asks with prompt=none: Pliro answers at once, with a code when the
+// customer still has a Pliro session, or with login_required (§3.1.2.6).
+func (h *Handler) startSignIn(w http.ResponseWriter, r *http.Request, returnTo string, silent bool) error {
 	e, err := h.provider.get(r.Context())
 	if err != nil {
 		return caddyhttp.Error(http.StatusBadGateway, err)
@@ -106,8 +117,12 @@ func (h *Handler) startSignIn(w http.ResponseWriter, r *http.Request, returnTo s
 		Nonce:    randomToken(32),
 		ReturnTo: returnTo,
 		Issued:   now().Unix(),
+		Silent:   silent,
 	}
 	opts := []oauth2.AuthCodeOption{oidc.Nonce(a.Nonce)}
+	if silent {
+		opts = append(opts, oauth2.SetAuthURLParam("prompt", "none"))
+	}
 	if e.pkce {
 		// PKCE binds the code to this attempt: a stolen or injected code is
 		// useless without the verifier (RFC 7636; RFC 9700 §2.1.1).
@@ -141,6 +156,9 @@ func (h *Handler) serveCallback(w http.ResponseWriter, r *http.Request) error {
 		return caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("sign-in callback: response from issuer %q, expected %q", iss, h.Issuer))
 	}
 	if code := q.Get("error"); code != "" {
+		if a.Silent {
+			return h.silentSignInRefused(w, r, a, code)
+		}
 		return h.signInRefused(code)
 	}
 	code := q.Get("code")
@@ -175,7 +193,7 @@ func (h *Handler) serveCallback(w http.ResponseWriter, r *http.Request) error {
 	s.IDToken = tokens.idToken
 	s.AccessToken = tokens.accessToken
 	s.AccessTokenExpiry = tokens.accessTokenExpiry
-	s.Created, s.LastSeen = t, t
+	s.Created, s.LastSeen, s.ClaimsAt, s.ReauthAt = t, t, t, t
 	cookieValue, key := newSessionID()
 	if err := h.store.Save(r.Context(), key, s, h.deadline(s)); err != nil {
 		return caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("saving session: %w", err))
@@ -194,10 +212,16 @@ func (h *Handler) signInRefused(code string) error {
 	if code == "access_denied" {
 		status = http.StatusForbidden
 	}
+	return caddyhttp.Error(status, fmt.Errorf("sign-in refused by the provider: %s", sanitizeErrorCode(code)))
+}
+
+// sanitizeErrorCode keeps an OAuth error code fit for logs and error pages
+// (RFC 6749 §4.1.2.1 limits it to printable ASCII).
+func sanitizeErrorCode(code string) string {
 	if len(code) > 64 || strings.ContainsFunc(code, func(r rune) bool { return r < 0x21 || r > 0x7e }) {
-		code = "invalid"
+		return "invalid"
 	}
-	return caddyhttp.Error(status, fmt.Errorf("sign-in refused by the provider: %s", code))
+	return code
 }
 
 // tokenResponse is what the token endpoint returned.
@@ -262,11 +286,17 @@ func (h *Handler) absoluteURL(r *http.Request, pathOrURL string) string {
 	if strings.Contains(pathOrURL, "://") {
 		return pathOrURL
 	}
+	return siteURL(r, (&url.URL{Path: pathOrURL}).EscapedPath())
+}
+
+// siteURL is the absolute URL of a request URI (path and query) on the
+// site the request came to.
+func siteURL(r *http.Request, requestURI string) string {
 	scheme := "http"
 	if isHTTPS(r) {
 		scheme = "https"
 	}
-	return (&url.URL{Scheme: scheme, Host: r.Host, Path: pathOrURL}).String()
+	return scheme + "://" + r.Host + requestURI
 }
 
 // isNavigation reports whether a request is a top-level page load by a
@@ -285,6 +315,16 @@ func isNavigation(r *http.Request) bool {
 		return false
 	}
 	return strings.Contains(r.Header.Get("Accept"), "text/html")
+}
+
+// isTopLevelNavigation is a navigation of the whole tab, not of a frame:
+// the only kind of request that may be sent away silently to Pliro and back.
+func isTopLevelNavigation(r *http.Request) bool {
+	if r.Method != http.MethodGet || !isNavigation(r) {
+		return false
+	}
+	dest := r.Header.Get("Sec-Fetch-Dest")
+	return dest == "" || dest == "document"
 }
 
 // originalRequestURI is the path and query the browser asked for, before

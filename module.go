@@ -12,6 +12,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -114,6 +115,26 @@ type Handler struct {
 	// SignOutRedirect is the local page shown after sign-out when Pliro's
 	// session is not ended (or Pliro is unreachable). Default: /.
 	SignOutRedirect string `json:"sign_out_redirect,omitempty"`
+	// RefreshInterval is how often the claims of an active session are
+	// refreshed from Pliro's userinfo endpoint, so that plan changes made in
+	// Pliro take effect. A denied plan check and the return from checkout
+	// refresh at once regardless. Negative: off. Default: 15m.
+	RefreshInterval caddy.Duration `json:"refresh_interval,omitempty"`
+	// UserinfoTimeout bounds a userinfo call, which a customer's request
+	// waits for. Default: 3s.
+	UserinfoTimeout caddy.Duration `json:"userinfo_timeout,omitempty"`
+	// ReauthInterval makes navigations of signed-in customers check with
+	// Pliro (prompt=none) this often that they are still signed in there;
+	// when not, the local session ends. Regardless of it, a session whose
+	// access token userinfo refuses is re-authenticated silently on the next
+	// navigation. Default: 0 (off).
+	ReauthInterval caddy.Duration `json:"reauth_interval,omitempty"`
+	// AutoSignIn, when positive, signs in anonymous visitors who are already
+	// signed in to Pliro: one silent attempt per browser per this period, on
+	// a top-level navigation from a browser that sends Fetch Metadata
+	// (crawlers are never redirected). Default: 0 (off).
+	AutoSignIn caddy.Duration `json:"auto_sign_in,omitempty"`
+
 	// LogoutTokenMaxAge refuses back-channel logout tokens issued longer ago
 	// than this. Default: 5m.
 	LogoutTokenMaxAge caddy.Duration `json:"logout_token_max_age,omitempty"`
@@ -123,7 +144,8 @@ type Handler struct {
 	provider     *provider
 	store        Store
 	sealer       *sealer
-	shared       string // key of the state this config shares with others in sharedPool
+	shared       string    // key of the state this config shares with others in sharedPool
+	refreshing   *sync.Map // store keys of sessions whose claims are being refreshed
 	logger       *zap.Logger
 }
 
@@ -146,6 +168,8 @@ const (
 	defaultMaxLifetime        = 90 * 24 * time.Hour
 	defaultClockSkew          = time.Minute
 	defaultLogoutTokenMaxAge  = 5 * time.Minute
+	defaultRefreshInterval    = 15 * time.Minute
+	defaultUserinfoTimeout    = 3 * time.Second
 	defaultPKCE               = "auto"
 	defaultTokenAuthMethod    = "client_secret_basic"
 	clientSecretPostMethod    = "client_secret_post"
@@ -159,6 +183,7 @@ const (
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	h.setDefaults()
+	h.refreshing = new(sync.Map)
 
 	repl := caddy.NewReplacer()
 	secret, err := repl.ReplaceOrErr(h.ClientSecret, true, true)
@@ -234,6 +259,12 @@ func (h *Handler) setDefaults() {
 	if h.ClockSkew == 0 {
 		h.ClockSkew = caddy.Duration(defaultClockSkew)
 	}
+	if h.RefreshInterval == 0 {
+		h.RefreshInterval = caddy.Duration(defaultRefreshInterval)
+	}
+	if h.UserinfoTimeout == 0 {
+		h.UserinfoTimeout = caddy.Duration(defaultUserinfoTimeout)
+	}
 	if h.LogoutTokenMaxAge == 0 {
 		h.LogoutTokenMaxAge = caddy.Duration(defaultLogoutTokenMaxAge)
 	}
@@ -281,8 +312,14 @@ func (h *Handler) Validate() error {
 		}
 		seen[p] = name
 	}
-	if h.IdleTimeout <= 0 || h.MaxLifetime <= 0 || h.LogoutTokenMaxAge <= 0 || h.ClockSkew < 0 {
-		return errors.New("idle_timeout, max_lifetime and logout_token_max_age must be positive, clock_skew not negative")
+	if h.IdleTimeout <= 0 || h.MaxLifetime <= 0 || h.LogoutTokenMaxAge <= 0 || h.UserinfoTimeout <= 0 {
+		return errors.New("idle_timeout, max_lifetime, logout_token_max_age and userinfo_timeout must be positive")
+	}
+	if h.ClockSkew < 0 || h.ReauthInterval < 0 || h.AutoSignIn < 0 {
+		return errors.New("clock_skew, reauth_interval and auto_sign_in must not be negative")
+	}
+	if h.ReauthInterval > 0 && time.Duration(h.ReauthInterval) < minReauthGap {
+		return fmt.Errorf("reauth_interval must be at least %s (or 0 for off)", minReauthGap)
 	}
 	if _, ok := safeReturnTo(h.SignOutRedirect); !ok {
 		return fmt.Errorf("sign_out_redirect must be a path on this site, such as /, not %q", h.SignOutRedirect)

@@ -28,6 +28,8 @@ type Session struct {
 	Name      string   `json:"name,omitempty"`
 	Plan      string   `json:"plan,omitempty"`
 	PlanSlugs []string `json:"plan_slugs,omitempty"`
+	// Extra holds other simple claims, for claim rules (usually none).
+	Extra map[string][]string `json:"extra,omitempty"`
 
 	// IDToken is the latest ID token, sent as id_token_hint at sign-out.
 	IDToken string `json:"id_token,omitempty"`
@@ -40,6 +42,19 @@ type Session struct {
 	// LastSeen moves forward as the customer uses the site (at most once a
 	// minute); the session ends after idle_timeout without a visit.
 	LastSeen time.Time `json:"last_seen"`
+
+	// ClaimsAt is when the claims were last learned (sign-in or userinfo).
+	ClaimsAt time.Time `json:"claims_at"`
+	// UserinfoTriedAt is the last call to userinfo, successful or not: it
+	// rate-limits calls per session.
+	UserinfoTriedAt time.Time `json:"userinfo_tried_at,omitzero"`
+	// RecheckedAt is the last refresh on return from checkout.
+	RecheckedAt time.Time `json:"rechecked_at,omitzero"`
+	// NeedsReauth is set when userinfo refused the access token: the next
+	// navigation re-authenticates silently (prompt=none) for fresh tokens.
+	NeedsReauth bool `json:"needs_reauth,omitempty"`
+	// ReauthAt is the last sign-in or silent re-authentication attempt.
+	ReauthAt time.Time `json:"reauth_at"`
 }
 
 // Store keeps sessions on the server. Semantics (as in alexedwards/scs):

@@ -54,6 +54,8 @@ type testProvider struct {
 	// tokenEndpoint, when set, answers the token request instead.
 	tokenEndpoint http.HandlerFunc
 
+	userinfoCalls    atomic.Int32
+	userinfoDelay    time.Duration
 	jwksFetches      atomic.Int32
 	discoveryFetches atomic.Int32
 	down             atomic.Bool // every endpoint answers 503
@@ -316,6 +318,15 @@ func encodeSegment(v any) string {
 }
 
 func (p *testProvider) serveUserinfo(w http.ResponseWriter, r *http.Request) {
+	p.userinfoCalls.Add(1)
+	p.mu.Lock()
+	delay := p.userinfoDelay
+	p.mu.Unlock()
+	select {
+	case <-time.After(delay):
+	case <-r.Context().Done():
+		return
+	}
 	const prefix = "Bearer "
 	auth := r.Header.Get("Authorization")
 	p.mu.Lock()
@@ -345,6 +356,12 @@ func (p *testProvider) serveEndSession(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	fmt.Fprintln(w, "signed out")
+}
+
+// forgetAccessTokens makes userinfo refuse every access token issued so far,
+// as Pliro does once they expire.
+func (p *testProvider) forgetAccessTokens() {
+	p.set(func(p *testProvider) { p.accessTokens = map[string]string{} })
 }
 
 // logoutToken mints a back-channel logout token with the given changes.
