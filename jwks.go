@@ -125,7 +125,7 @@ func (k *remoteKeys) fetch(ctx context.Context) ([]jose.JSONWebKey, error) {
 		if key.UnmarshalJSON(raw) != nil || !key.Valid() || !key.IsPublic() {
 			continue
 		}
-		if key.Use != "" && key.Use != "sig" {
+		if (key.Use != "" && key.Use != "sig") || checkKeyStrength(key.Key) != nil {
 			continue
 		}
 		keys = append(keys, key)
@@ -148,6 +148,25 @@ func verifyWithKeys(jws *jose.JSONWebSignature, keys []jose.JSONWebKey, kid stri
 		}
 	}
 	return nil, false
+}
+
+// checkKeyStrength accepts the keys of the accepted algorithms only, and
+// RSA keys of at least 2048 bits (RFC 7518 §3.3): a weak key in a JWKS is
+// skipped, so nobody can sign with a key they factored.
+func checkKeyStrength(pub any) error {
+	switch k := pub.(type) {
+	case *ecdsa.PublicKey:
+		if k.Curve != elliptic.P256() {
+			return errors.New("EC public key must be on P-256 (ES256)")
+		}
+	case *rsa.PublicKey:
+		if k.N.BitLen() < 2048 {
+			return errors.New("RSA public key must have at least 2048 bits")
+		}
+	default:
+		return fmt.Errorf("unsupported public key type %T: want EC P-256 or RSA", pub)
+	}
+	return nil
 }
 
 // parsePublicKeys reads the PEM public keys Pliro publishes ("PUBLIC KEY"
@@ -178,17 +197,8 @@ func parsePublicKeys(pemBytes []byte) ([]any, error) {
 		default:
 			return nil, fmt.Errorf("unexpected PEM block %q: give Pliro's public key (PUBLIC KEY), never a private key", block.Type)
 		}
-		switch k := pub.(type) {
-		case *ecdsa.PublicKey:
-			if k.Curve != elliptic.P256() {
-				return nil, errors.New("EC public key must be on P-256 (ES256)")
-			}
-		case *rsa.PublicKey:
-			if k.N.BitLen() < 2048 {
-				return nil, errors.New("RSA public key must have at least 2048 bits")
-			}
-		default:
-			return nil, fmt.Errorf("unsupported public key type %T: want EC P-256 or RSA", pub)
+		if err := checkKeyStrength(pub); err != nil {
+			return nil, err
 		}
 		keys = append(keys, pub)
 	}
