@@ -39,6 +39,16 @@ func startCaddy(t *testing.T, siteBody string) *testSite {
 	return s
 }
 
+// restart stops Caddy completely (every module cleaned up, as at process
+// exit) and starts it again with the same storage.
+func (s *testSite) restart(siteBody string) {
+	s.t.Helper()
+	if err := caddy.Stop(); err != nil {
+		s.t.Fatalf("stopping Caddy: %v", err)
+	}
+	s.load(siteBody)
+}
+
 // load (re)loads the site with a new body.
 func (s *testSite) load(siteBody string) {
 	s.t.Helper()

@@ -4,7 +4,6 @@ package pliro
 
 import (
 	"crypto"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"net"
@@ -224,12 +223,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		client:     newProviderClient(),
 	}
 
-	h.shared = strings.Join([]string{h.Issuer, h.ClientID, h.CookieName}, "|")
-	val, _, err := sharedPool.LoadOrNew(h.shared, newSharedState)
+	state, err := h.loadSharedState(ctx)
 	if err != nil {
 		return err
 	}
-	state := val.(*sharedState)
 	h.store = state.store
 	h.sealer = state.sealer
 	return nil
@@ -427,28 +424,6 @@ func (h *Handler) authStyle() oauth2.AuthStyle {
 	}
 	return oauth2.AuthStyleInHeader
 }
-
-// sharedPool holds, per issuer, client and cookie name, the state that must
-// outlive a config reload: the sessions and the key that seals sign-in
-// cookies.
-var sharedPool = caddy.NewUsagePool()
-
-type sharedState struct {
-	store  *memoryStore
-	sealer *sealer
-}
-
-func newSharedState() (caddy.Destructor, error) {
-	key := make([]byte, 32)
-	_, _ = rand.Read(key)
-	s, err := newSealer(key)
-	if err != nil {
-		return nil, err
-	}
-	return &sharedState{store: newMemoryStore(), sealer: s}, nil
-}
-
-func (s *sharedState) Destruct() error { return s.store.Destruct() }
 
 func setDefault(field *string, value string) {
 	if *field == "" {

@@ -460,6 +460,29 @@ func TestSessionsSurviveReload(t *testing.T) {
 	}
 }
 
+// TestSessionsSurviveRestart: an upgrade restarts Caddy; with the default
+// store, sessions and the replay cache are written to Caddy's storage at
+// shutdown and read back at start.
+func TestSessionsSurviveRestart(t *testing.T) {
+	p := newTestProvider(t)
+	site := startCaddy(t, siteFor(p, ""))
+	b := newBrowser(t)
+	signIn(t, site, b, "/members/a")
+	// A sign-in in progress across the restart finishes too: the sealing
+	// key is kept in storage.
+	other := newBrowser(t)
+	first := other.get(site.base + "/members/b")
+	callback := other.get(first.Header.Get("Location")).Header.Get("Location")
+
+	site.restart(siteFor(p, ""))
+	if resp := b.get(site.base + "/members/a"); resp.StatusCode != http.StatusOK {
+		t.Fatalf("after restart: %d %q", resp.StatusCode, resp.body)
+	}
+	if resp := other.get(callback); resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/members/b" {
+		t.Fatalf("sign-in across the restart: %d %q", resp.StatusCode, resp.body)
+	}
+}
+
 // TestBrokenCookiesMeanSignedOut: a tampered, truncated or unknown session
 // cookie is an anonymous visitor, never an error.
 func TestBrokenCookiesMeanSignedOut(t *testing.T) {

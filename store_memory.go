@@ -2,14 +2,23 @@ package pliro
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
 	"sync"
 	"time"
+
+	"github.com/caddyserver/certmagic"
+	"go.uber.org/zap"
 )
 
 // memoryStore is the default Store: sessions in this process's memory,
 // indexed by subject and by Pliro sid so that back-channel logout finds them
 // without a scan. It is shared through a caddy.UsagePool so that sessions
-// survive config reloads.
+// survive config reloads, and, with persistence, written to Caddy's storage
+// (the data directory by default) every few minutes and at shutdown, and
+// read back at start, so that they survive a restart too.
 type memoryStore struct {
 	mu       sync.RWMutex
 	sessions map[string]memoryEntry
@@ -17,7 +26,16 @@ type memoryStore struct {
 	bySub    map[string]map[string]struct{} // subject -> session keys
 	used     map[string]time.Time           // replay cache: key -> forget after
 
-	stop chan struct{}
+	persist *persistence // nil: memory only
+	stop    chan struct{}
+	stopped chan struct{}
+}
+
+// persistence is where a memory store keeps its snapshot.
+type persistence struct {
+	storage certmagic.Storage
+	key     string
+	logger  *zap.Logger
 }
 
 type memoryEntry struct {
@@ -25,27 +43,50 @@ type memoryEntry struct {
 	deadline time.Time
 }
 
-// memorySweepInterval is how often expired sessions and replay-cache entries
-// are removed, so that memory is bounded by the sessions alive.
-const memorySweepInterval = time.Minute
+const (
+	// memorySweepInterval is how often expired sessions and replay-cache
+	// entries are removed, so that memory is bounded by the sessions alive.
+	memorySweepInterval = time.Minute
+	// memoryPersistInterval is how often a persistent store writes its
+	// snapshot: a crash loses at most this much of sign-ins and sign-outs.
+	memoryPersistInterval = 5 * time.Minute
+)
 
-func newMemoryStore() *memoryStore {
+func newMemoryStore() *memoryStore { return newMemoryStoreWith(nil) }
+
+// newMemoryStoreWith makes a store that, when p is not nil, starts from
+// the snapshot in p and writes it back periodically and on Destruct.
+func newMemoryStoreWith(p *persistence) *memoryStore {
 	m := &memoryStore{
 		sessions: make(map[string]memoryEntry),
 		bySID:    make(map[string]map[string]struct{}),
 		bySub:    make(map[string]map[string]struct{}),
 		used:     make(map[string]time.Time),
+		persist:  p,
 		stop:     make(chan struct{}),
+		stopped:  make(chan struct{}),
+	}
+	if p != nil {
+		if err := m.restore(); err != nil {
+			// A broken snapshot must not keep Caddy from starting: the
+			// customers sign in again.
+			p.logger.Error("reading saved sessions; starting without them", zap.Error(err))
+		}
 	}
 	go m.sweepEvery(memorySweepInterval)
 	return m
 }
 
-// Destruct stops the sweeper; the UsagePool calls it when the last config
-// that used this store is unloaded.
+// Destruct stops the sweeper and writes the snapshot; the UsagePool calls
+// it when the last config that used this store is unloaded (shutdown, or a
+// config that no longer uses it).
 func (m *memoryStore) Destruct() error {
 	close(m.stop)
-	return nil
+	<-m.stopped
+	if m.persist == nil {
+		return nil
+	}
+	return m.save()
 }
 
 func (m *memoryStore) Load(_ context.Context, key string) (*Session, bool, error) {
@@ -134,16 +175,102 @@ func (m *memoryStore) unindex(key string, s *Session) {
 }
 
 func (m *memoryStore) sweepEvery(interval time.Duration) {
+	defer close(m.stopped)
 	t := time.NewTicker(interval)
 	defer t.Stop()
+	lastSave := time.Now()
 	for {
 		select {
 		case <-m.stop:
 			return
 		case <-t.C:
 			m.sweep()
+			if m.persist != nil && time.Since(lastSave) >= memoryPersistInterval {
+				lastSave = time.Now()
+				if err := m.save(); err != nil {
+					m.persist.logger.Error("saving sessions", zap.Error(err))
+				}
+			}
 		}
 	}
+}
+
+// memorySnapshot is what a persistent memory store writes to storage.
+type memorySnapshot struct {
+	Version  int                  `json:"version"`
+	Sessions []snapshotEntry      `json:"sessions"`
+	Used     map[string]time.Time `json:"used,omitempty"`
+}
+
+type snapshotEntry struct {
+	Key      string    `json:"k"`
+	Deadline time.Time `json:"d"`
+	Session  *Session  `json:"s"`
+}
+
+const snapshotVersion = 1
+
+// save writes the live sessions and replay-cache entries to storage. The
+// snapshot holds access and ID tokens: Caddy's file storage writes it with
+// mode 0600 next to the TLS private keys, which need the same care.
+func (m *memoryStore) save() error {
+	t := now()
+	snap := memorySnapshot{Version: snapshotVersion, Used: map[string]time.Time{}}
+	m.mu.RLock()
+	for key, e := range m.sessions {
+		if t.Before(e.deadline) {
+			snap.Sessions = append(snap.Sessions, snapshotEntry{Key: key, Deadline: e.deadline, Session: e.session})
+		}
+	}
+	for key, until := range m.used {
+		if t.Before(until) {
+			snap.Used[key] = until
+		}
+	}
+	m.mu.RUnlock()
+	b, err := json.Marshal(snap)
+	if err != nil {
+		return fmt.Errorf("encoding sessions: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := m.persist.storage.Store(ctx, m.persist.key, b); err != nil {
+		return fmt.Errorf("writing sessions to storage: %w", err)
+	}
+	return nil
+}
+
+// restore loads the snapshot, if there is one, dropping what expired while
+// Caddy was down.
+func (m *memoryStore) restore() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	b, err := m.persist.storage.Load(ctx, m.persist.key)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("reading sessions from storage: %w", err)
+	}
+	var snap memorySnapshot
+	if err := json.Unmarshal(b, &snap); err != nil {
+		return fmt.Errorf("decoding sessions: %w", err)
+	}
+	if snap.Version != snapshotVersion {
+		return fmt.Errorf("sessions saved in format %d, want %d", snap.Version, snapshotVersion)
+	}
+	t := now()
+	for _, e := range snap.Sessions {
+		if e.Session != nil && t.Before(e.Deadline) {
+			_ = m.Save(ctx, e.Key, e.Session, e.Deadline)
+		}
+	}
+	for key, until := range snap.Used {
+		if t.Before(until) {
+			m.used[key] = until
+		}
+	}
+	return nil
 }
 
 // sweep removes every session and replay-cache entry whose time is up.
