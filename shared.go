@@ -76,4 +76,3 @@ func loadOrCreateKey(storage certmagic.Storage, name string) ([]byte, error) {
 	}
 	return key, nil
 }
-
