@@ -3,6 +3,7 @@ package pliro
 import (
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -156,8 +157,10 @@ func (p *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if p.Issuer == "" {
 		return d.Err("pliro: issuer is required (the URL of your Pliro site, e.g. https://news.plirotest.page)")
 	}
-	if err := validateIssuer(p.Issuer); err != nil {
-		return d.Errf("pliro: %v", err)
+	if !strings.Contains(p.Issuer, "{") { // placeholders are checked after expansion
+		if err := validateIssuer(p.Issuer); err != nil {
+			return d.Errf("pliro: %v", err)
+		}
 	}
 	if p.ClientID == "" {
 		return d.Err("pliro: client_id is required (the OAuth application's client ID in Pliro)")
@@ -203,7 +206,7 @@ func parseOnOff(v string) (bool, error) {
 //	pliro_require [<matcher>] {
 //		plan          <slug...>
 //		claim         <name> <value...>
-//		subscribe_url <url>
+//		subscribe_url <url> [redirect]
 //	}
 func parseRequire(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	rq := new(Require)
@@ -256,13 +259,15 @@ func (rq *Require) parseRule(d *caddyfile.Dispenser) error {
 		if rq.SubscribeURL != "" {
 			return d.Err("duplicate subdirective 'subscribe_url'")
 		}
-		if !d.NextArg() {
-			return d.ArgErr()
+		args := d.RemainingArgs()
+		switch {
+		case len(args) == 1:
+		case len(args) == 2 && args[1] == "redirect":
+			rq.RedirectToSubscribe = true
+		default:
+			return d.Err("usage: subscribe_url <url> [redirect]")
 		}
-		rq.SubscribeURL = d.Val()
-		if d.NextArg() {
-			return d.ArgErr()
-		}
+		rq.SubscribeURL = args[0]
 	default:
 		return d.Errf("unrecognized subdirective '%s' (pliro_require takes: plan, claim, subscribe_url)", d.Val())
 	}

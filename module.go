@@ -47,7 +47,8 @@ func init() {
 type Handler struct {
 	// Issuer is the URL of the publication's Pliro site, e.g.
 	// https://news.plirotest.page (no trailing slash). Required. Must be
-	// https, except on localhost for development.
+	// https, except on localhost for development. May be given as
+	// {env.NAME}.
 	Issuer string `json:"issuer,omitempty"`
 	// ClientID is the OAuth application's client ID. Required.
 	ClientID string `json:"client_id,omitempty"`
@@ -185,6 +186,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.refreshing = new(sync.Map)
 
 	repl := caddy.NewReplacer()
+	issuer, err := repl.ReplaceOrErr(h.Issuer, true, true)
+	if err != nil {
+		return fmt.Errorf("expanding issuer: %w", err)
+	}
+	h.Issuer = strings.TrimRight(issuer, "/")
 	secret, err := repl.ReplaceOrErr(h.ClientSecret, true, true)
 	if err != nil {
 		return fmt.Errorf("expanding client_secret: %w", err)

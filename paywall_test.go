@@ -21,10 +21,13 @@ func paywallSite(p *testProvider, extra string) string {
 		%s
 	}
 	pliro_require /members/*
-	pliro_require /premium/* plan premium premium-plus
+	pliro_require /premium/* {
+		plan premium premium-plus
+		subscribe_url %[4]s/offers/premium/subscribe
+	}
 	pliro_require /offer/* {
 		plan premium
-		subscribe_url %s/offers/premium/subscribe?ref=site
+		subscribe_url %[4]s/offers/premium/subscribe?ref=site redirect
 	}
 	pliro_require /staff/* {
 		claim role editor chief
@@ -35,7 +38,7 @@ func paywallSite(p *testProvider, extra string) string {
 	respond /staff/* "staff: {http.auth.user.id}"
 	respond "public: [{http.auth.user.id}] plan=[{http.auth.user.plan}]"
 	handle_errors 403 {
-		respond "paywall: needs {http.pliro.required_plans}; continue {http.pliro.continue_url}" 403
+		respond "paywall: needs {http.pliro.required_plans}; continue {http.pliro.continue_url}; subscribe {http.pliro.subscribe_url}" 403
 	}
 `, p.issuer, p.clientID, extra, p.issuer)
 }
@@ -79,7 +82,9 @@ func TestPlanGrantedAndDenied(t *testing.T) {
 	if resp.StatusCode != http.StatusForbidden {
 		t.Fatalf("reader without plan: %d %q", resp.StatusCode, resp.body)
 	}
-	want := "paywall: needs premium,premium-plus; continue " + site.base + "/premium/a?pliro_recheck=1&x=1"
+	back := site.base + "/premium/a?pliro_recheck=1&x=1"
+	want := "paywall: needs premium,premium-plus; continue " + back +
+		"; subscribe " + p.issuer + "/offers/premium/subscribe?continue_url=" + url.QueryEscape(back)
 	if resp.body != want {
 		t.Fatalf("paywall page %q\nwant %q", resp.body, want)
 	}

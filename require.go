@@ -23,15 +23,18 @@ import (
 //
 // A signed-in customer who fails a rule is first re-checked with Pliro's
 // userinfo (at most every 30s per session), so a plan bought a minute ago
-// counts. If still denied: with SubscribeURL, a navigation is redirected to
-// that Pliro offer page, with continue_url back to this page (marked so the
-// return refreshes the claims); otherwise the route answers 403 with these
-// placeholders for the site's handle_errors paywall page:
+// counts. If still denied, the route answers 403 with these placeholders
+// for the site's handle_errors paywall page:
 //
 //	{http.auth.user.*}              who the customer is (see the pliro handler)
 //	{http.pliro.required_plans}     the plans the route asks for, comma-separated
-//	{http.pliro.continue_url}       this page, absolute, marked for a recheck:
-//	                                the continue_url for a link to Pliro's offers
+//	{http.pliro.continue_url}       this page, absolute, marked so that coming
+//	                                back to it refreshes the claims
+//	{http.pliro.subscribe_url}      subscribe_url with that continue_url: the
+//	                                link for the paywall's "Subscribe" button
+//
+// With RedirectToSubscribe, a denied navigation goes straight to
+// {http.pliro.subscribe_url} instead.
 //
 // While the session store is unreachable the route answers 503 with
 // Retry-After.
@@ -44,9 +47,12 @@ type Require struct {
 	// booleans written as in JSON, e.g. "true").
 	Claims map[string][]string `json:"claims,omitempty"`
 	// SubscribeURL is a Pliro offer or subscribe page, e.g.
-	// https://news.plirotest.page/offers/premium/subscribe. Denied
-	// navigations are sent there with continue_url. Default: none (403).
+	// https://news.plirotest.page/offers/premium/subscribe; continue_url is
+	// added to it. Default: none.
 	SubscribeURL string `json:"subscribe_url,omitempty"`
+	// RedirectToSubscribe sends denied navigations to SubscribeURL rather
+	// than answering 403. Default: false.
+	RedirectToSubscribe bool `json:"redirect_to_subscribe,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -69,6 +75,8 @@ func (rq *Require) Validate() error {
 		if err != nil || u.Scheme == "" || u.Host == "" {
 			return fmt.Errorf("subscribe_url %q must be an absolute URL of a Pliro page", rq.SubscribeURL)
 		}
+	} else if rq.RedirectToSubscribe {
+		return errors.New("redirect_to_subscribe needs subscribe_url")
 	}
 	for name, values := range rq.Claims {
 		if len(values) == 0 {
@@ -132,21 +140,26 @@ func (rq *Require) allows(s *Session) bool {
 	return true
 }
 
-// deny sends a navigation to the subscribe page, or answers 403 with the
-// placeholders a paywall page needs.
+// deny answers 403 with the placeholders a paywall page needs, or sends a
+// navigation to the subscribe page.
 func (rq *Require) deny(w http.ResponseWriter, r *http.Request) error {
 	back := continueURL(r)
-	if rq.SubscribeURL != "" && isTopLevelNavigation(r) {
+	subscribe := ""
+	if rq.SubscribeURL != "" {
 		u, _ := url.Parse(rq.SubscribeURL) // checked in Validate
 		q := u.Query()
 		q.Set("continue_url", back)
 		u.RawQuery = q.Encode()
-		http.Redirect(w, r, u.String(), http.StatusSeeOther)
+		subscribe = u.String()
+	}
+	if rq.RedirectToSubscribe && isTopLevelNavigation(r) {
+		http.Redirect(w, r, subscribe, http.StatusSeeOther)
 		return nil
 	}
 	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
 		repl.Set("http.pliro.required_plans", strings.Join(rq.Plans, ","))
 		repl.Set("http.pliro.continue_url", back)
+		repl.Set("http.pliro.subscribe_url", subscribe)
 	}
 	return caddyhttp.Error(http.StatusForbidden, errors.New("the customer's plan does not give access to this page"))
 }
