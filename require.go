@@ -65,8 +65,15 @@ func (Require) CaddyModule() caddy.ModuleInfo {
 
 var errNoPliroHandler = errors.New("pliro_require found no pliro handler on this route: add a pliro block to the site")
 
-// Provision is here for the interface: Require has nothing to set up.
-func (rq *Require) Provision(caddy.Context) error { return nil }
+// Provision expands placeholders in subscribe_url ({env.PLIRO_ISSUER}).
+func (rq *Require) Provision(caddy.Context) error {
+	u, err := caddy.NewReplacer().ReplaceOrErr(rq.SubscribeURL, true, true)
+	if err != nil {
+		return fmt.Errorf("expanding subscribe_url: %w", err)
+	}
+	rq.SubscribeURL = u
+	return nil
+}
 
 // Validate checks the rules.
 func (rq *Require) Validate() error {
