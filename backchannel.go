@@ -58,7 +58,7 @@ func (h *Handler) serveBackchannelLogout(w http.ResponseWriter, r *http.Request)
 	if err != nil {
 		return h.refuseLogout(w, http.StatusBadRequest, err)
 	}
-	// A logout token is good once (Back-Channel Logout 1.0 §2.6 step 9).
+	// A logout token is good once (Back-Channel Logout 1.0 §2.6 step 8).
 	// The replay cache outlives the acceptance window, after which an old
 	// token is refused for its iat anyway.
 	first, err := h.store.FirstUse(r.Context(), "logout:"+lt.replayKey, h.logoutReplayTTL())
@@ -117,8 +117,10 @@ func (h *Handler) verifyLogoutToken(ctx context.Context, raw string) (*logoutTok
 		return nil, errors.New("logout token too large")
 	}
 	// §2.6 step 3 / §2.4: alg none is forbidden; only ES256 and RS256 are
-	// accepted (no HMAC: RFC 8725 §3.1).
-	jws, err := jose.ParseSigned(raw, signingAlgs)
+	// accepted (no HMAC: RFC 8725 §3.1). A JWT is always in compact
+	// serialization (RFC 7519 §1): the JSON one is another encoding of the
+	// same token, a way to replay it as new bytes.
+	jws, err := jose.ParseSignedCompact(raw, signingAlgs)
 	if err != nil {
 		return nil, fmt.Errorf("parsing logout token: %w", err)
 	}
@@ -127,15 +129,17 @@ func (h *Handler) verifyLogoutToken(ctx context.Context, raw string) (*logoutTok
 	}
 	// Explicit typing keeps an ID token or another JWT from being accepted
 	// as a logout token (§2.4, RFC 8725 §3.11; Pliro sends typ logout+jwt).
+	// typ is a media type, case-insensitive, "application/" optional (RFC
+	// 7515 §4.1.9).
 	typ, _ := jws.Signatures[0].Protected.ExtraHeaders[jose.HeaderType].(string)
-	if !strings.EqualFold(strings.TrimPrefix(typ, "application/"), "logout+jwt") {
+	if strings.TrimPrefix(strings.ToLower(typ), "application/") != "logout+jwt" {
 		return nil, fmt.Errorf("logout token header typ is %q, want logout+jwt", typ)
 	}
 	e, err := h.provider.get(ctx)
 	if err != nil {
 		return nil, err
 	}
-	// §2.6 step 3: the signature, with Pliro's keys (JWKS or pinned).
+	// §2.6 step 2: the signature, with Pliro's keys (JWKS or pinned).
 	payload, err := e.keys.VerifySignature(ctx, raw)
 	if err != nil {
 		return nil, fmt.Errorf("verifying logout token signature: %w", err)
@@ -143,7 +147,7 @@ func (h *Handler) verifyLogoutToken(ctx context.Context, raw string) (*logoutTok
 	var c struct {
 		Issuer   string                     `json:"iss"`
 		Subject  string                     `json:"sub"`
-		Audience stringOrList               `json:"aud"`
+		Audience logoutAudience             `json:"aud"`
 		IssuedAt *float64                   `json:"iat"`
 		Expiry   *float64                   `json:"exp"`
 		JTI      string                     `json:"jti"`
@@ -179,7 +183,7 @@ func (h *Handler) verifyLogoutToken(ctx context.Context, raw string) (*logoutTok
 	if c.Expiry != nil && !time.Unix(int64(*c.Expiry), 0).Add(skew).After(t) {
 		return nil, errors.New("logout token expired")
 	}
-	// §2.6 step 5: the back-channel logout event, whose value is a JSON
+	// §2.6 step 6: the back-channel logout event, whose value is a JSON
 	// object.
 	if ev, ok := c.Events[backchannelLogoutEvent]; !ok || len(ev) == 0 || ev[0] != '{' {
 		return nil, errors.New("logout token lacks the back-channel logout event")
@@ -188,19 +192,37 @@ func (h *Handler) verifyLogoutToken(ctx context.Context, raw string) (*logoutTok
 	if len(c.Nonce) > 0 {
 		return nil, errors.New("logout token must not contain a nonce")
 	}
-	// §2.6 step 6: sub, sid, or both.
+	// §2.6 step 5: sub, sid, or both.
 	if c.Subject == "" && c.SID == "" {
 		return nil, errors.New("logout token has neither sub nor sid")
 	}
-	lt := &logoutToken{Subject: c.Subject, SID: c.SID, replayKey: c.JTI}
-	if lt.replayKey == "" {
-		sum := sha256.Sum256([]byte(raw))
-		lt.replayKey = "sha256:" + base64.RawURLEncoding.EncodeToString(sum[:])
-	} else {
+	lt := &logoutToken{Subject: c.Subject, SID: c.SID}
+	if c.JTI != "" {
 		// The jti is unique per issuer; prefix it so no other key collides.
 		lt.replayKey = "jti:" + c.JTI
+	} else {
+		// Without a jti, the token is known by its signed claims, never by
+		// its bytes: the same claims verify in other bytes too (ECDSA's
+		// (r, n-s), unused base64 bits, line breaks), and each would pass
+		// the replay check as new (§2.6 step 8).
+		sum := sha256.Sum256(payload)
+		lt.replayKey = "claims:" + base64.RawURLEncoding.EncodeToString(sum[:])
 	}
 	return lt, nil
+}
+
+// logoutAudience is the aud claim: one string or a list of strings (RFC 7519
+// §4.1.3). Unlike stringOrList, one string is one audience, never split:
+// aud "other-app news" is not addressed to client "news".
+type logoutAudience []string
+
+func (a *logoutAudience) UnmarshalJSON(b []byte) error {
+	var one string
+	if err := json.Unmarshal(b, &one); err == nil {
+		*a = logoutAudience{one}
+		return nil
+	}
+	return json.Unmarshal(b, (*[]string)(a))
 }
 
 // logoutReplayTTL keeps a seen token in the replay cache for longer than it

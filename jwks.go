@@ -50,7 +50,7 @@ type remoteKeys struct {
 }
 
 func (k *remoteKeys) VerifySignature(ctx context.Context, raw string) ([]byte, error) {
-	jws, err := jose.ParseSigned(raw, signingAlgs)
+	jws, err := jose.ParseSignedCompact(raw, signingAlgs)
 	if err != nil {
 		return nil, fmt.Errorf("parsing token: %w", err)
 	}
