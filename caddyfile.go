@@ -54,6 +54,7 @@ const defaultHeaderPrefix = "X-Pliro-"
 //		userinfo_timeout         <duration>
 //		reauth_interval          <duration>|off
 //		auto_sign_in             <duration>|off
+//		store                    memory|redis [<address...>] [{ ... }]
 //	}
 func parsePliro(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	p := new(Handler)
@@ -136,6 +137,24 @@ func (p *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				p.IdentityHeaderPrefix = args[0]
 			default:
 				return d.ArgErr()
+			}
+		case name == "store":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			switch d.Val() {
+			case "memory":
+				if d.NextArg() {
+					return d.ArgErr()
+				}
+			case "redis":
+				cfg, err := parseRedisStore(d)
+				if err != nil {
+					return err
+				}
+				p.Store = &StoreConfig{Redis: cfg}
+			default:
+				return d.Errf("store must be memory or redis, not %q", d.Val())
 			}
 		case name == "end_provider_session":
 			if !d.NextArg() {

@@ -129,7 +129,10 @@ func (h *Handler) startSignIn(w http.ResponseWriter, r *http.Request, returnTo s
 		a.Verifier = oauth2.GenerateVerifier()
 		opts = append(opts, oauth2.S256ChallengeOption(a.Verifier))
 	}
-	h.saveSignInAttempt(w, r, a)
+	if err := h.saveSignInAttempt(w, r, a); err != nil {
+		w.Header().Set("Retry-After", "5")
+		return caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("starting sign-in: %w", err))
+	}
 	cfg := h.provider.oauth2Config(e, h.clientSecret, h.redirectURI(r), h.Scopes, h.authStyle())
 	http.Redirect(w, r, cfg.AuthCodeURL(a.State, opts...), http.StatusFound)
 	return nil

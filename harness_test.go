@@ -39,6 +39,36 @@ func startCaddy(t *testing.T, siteBody string) *testSite {
 	return s
 }
 
+// startCaddySites runs several sites in one Caddy, each on its own port;
+// with the same config they act as separate Caddy instances behind a load
+// balancer (cookies are shared across ports of localhost, as across the
+// instances of one site).
+func startCaddySites(t *testing.T, ports []int, bodies ...string) []*testSite {
+	t.Helper()
+	logFile := filepath.Join(t.TempDir(), "caddy.log")
+	var sites []*testSite
+	var blocks strings.Builder
+	for i, body := range bodies {
+		s := &testSite{t: t, port: ports[i], logFile: logFile}
+		s.base = fmt.Sprintf("http://localhost:%d", s.port)
+		fmt.Fprintf(&blocks, "http://localhost:%d {\n%s\n}\n", s.port, body)
+		sites = append(sites, s)
+	}
+	cfg := fmt.Sprintf(`{
+	admin off
+	auto_https off
+	storage file_system %s
+	log {
+		output file %s
+		level DEBUG
+	}
+}
+%s`, filepath.Join(filepath.Dir(logFile), "storage"), logFile, blocks.String())
+	loadCaddyfile(t, cfg)
+	t.Cleanup(func() { _ = caddy.Stop() })
+	return sites
+}
+
 // restart stops Caddy completely (every module cleaned up, as at process
 // exit) and starts it again with the same storage.
 func (s *testSite) restart(siteBody string) {
@@ -66,18 +96,25 @@ http://localhost:%d {
 %s
 }
 `, s.port, filepath.Join(filepath.Dir(s.logFile), "storage"), s.logFile, s.port, siteBody)
+	loadCaddyfile(s.t, cfg)
+}
+
+// loadCaddyfile adapts a whole Caddyfile and loads it into this process's
+// Caddy.
+func loadCaddyfile(t *testing.T, cfg string) {
+	t.Helper()
 	adapter := caddyconfig.GetAdapter("caddyfile")
 	js, warnings, err := adapter.Adapt([]byte(cfg), nil)
 	if err != nil {
-		s.t.Fatalf("adapting Caddyfile: %v\n%s", err, cfg)
+		t.Fatalf("adapting Caddyfile: %v\n%s", err, cfg)
 	}
 	for _, w := range warnings {
 		if !strings.Contains(w.Message, "not formatted") {
-			s.t.Logf("caddyfile warning: %s", w)
+			t.Logf("caddyfile warning: %s", w)
 		}
 	}
 	if err := caddy.Load(js, true); err != nil {
-		s.t.Fatalf("loading config: %v", err)
+		t.Fatalf("loading config: %v", err)
 	}
 }
 

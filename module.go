@@ -101,6 +101,11 @@ type Handler struct {
 	// client sent with that prefix is removed first. Default: none.
 	IdentityHeaderPrefix string `json:"identity_header_prefix,omitempty"`
 
+	// Store is where sessions live. Default: this Caddy's memory, saved to
+	// Caddy's storage so that they survive restarts. With redis, every
+	// instance that uses the same Redis and key_prefix shares sessions.
+	Store *StoreConfig `json:"store,omitempty"`
+
 	// EndProviderSession makes sign-out continue to Pliro's end_session
 	// endpoint, so the customer's Pliro session ends too (RP-Initiated
 	// Logout 1.0). Default: true, because a reader who clicks "Sign out"
@@ -143,7 +148,8 @@ type Handler struct {
 	callbackPath string
 	provider     *provider
 	store        Store
-	sealer       *sealer
+	sealer       *sealer      // seals sign-in cookies (memory store)
+	redisKeys    *redisSealer // or, with Redis, gives the sealer of the shared key
 	shared       string    // key of the state this config shares with others in sharedPool
 	refreshing   *sync.Map // store keys of sessions whose claims are being refreshed
 	logger       *zap.Logger
@@ -233,8 +239,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	h.store = state.store
-	h.sealer = state.sealer
+	h.store, h.sealer, h.redisKeys = state.store, state.sealer, state.redisKeys
 	return nil
 }
 

@@ -66,6 +66,11 @@ type Store interface {
 	// Save stores s under key until deadline, replacing any earlier value,
 	// and indexes it by s.Subject and s.ProviderSID.
 	Save(ctx context.Context, key string, s *Session, deadline time.Time) error
+	// Replace is Save for a session that must still exist: it stores s
+	// only if a session is saved under key now, and reports whether it did.
+	// Updates of a live session (a visit, fresh claims) use it, so that a
+	// session ended meanwhile (sign-out, back-channel logout) stays ended.
+	Replace(ctx context.Context, key string, s *Session, deadline time.Time) (bool, error)
 	// Delete ends the session saved under key.
 	Delete(ctx context.Context, key string) error
 	// DeleteByProviderSID ends every session that carries Pliro's sid and,
@@ -144,9 +149,12 @@ func (h *Handler) loadSession(r *http.Request) (s *Session, key string, err erro
 	if now.Sub(s.LastSeen) > sessionTouchInterval {
 		touched := *s
 		touched.LastSeen = now
-		if err := h.store.Save(r.Context(), key, &touched, h.deadline(&touched)); err != nil {
+		switch alive, err := h.store.Replace(r.Context(), key, &touched, h.deadline(&touched)); {
+		case err != nil:
 			h.logger.Warn("extending session", zap.Error(err))
-		} else {
+		case !alive:
+			return nil, key, nil // ended while this request was reading it
+		default:
 			s = &touched
 		}
 	}

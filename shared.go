@@ -1,43 +1,84 @@
 package pliro
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
 	"path"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/certmagic"
 )
 
+// StoreConfig chooses where sessions live.
+type StoreConfig struct {
+	// Redis shares sessions, the replay cache and the sign-in sealing key
+	// among every Caddy instance that uses the same Redis and key_prefix.
+	// Unset: this Caddy's memory, saved to Caddy's storage.
+	Redis *RedisStoreConfig `json:"redis,omitempty"`
+}
+
 // sharedPool holds the state that must outlive a config reload: the session
 // store and the key that seals sign-in cookies. Configs with the same
-// issuer, client ID and cookie name share one entry, so `caddy reload`
-// keeps every customer signed in.
+// issuer, client ID, cookie name and store share one entry, so `caddy
+// reload` keeps every customer signed in.
 var sharedPool = caddy.NewUsagePool()
 
 type sharedState struct {
-	store  *memoryStore
-	sealer *sealer
+	store Store
+	// sealer seals sign-in cookies with a key kept in Caddy's storage; with
+	// Redis, redisKeys gives the key all instances share instead.
+	sealer    *sealer
+	redisKeys *redisSealer
 }
 
-func (s *sharedState) Destruct() error { return s.store.Destruct() }
+func (s *sharedState) Destruct() error {
+	return s.store.(caddy.Destructor).Destruct()
+}
 
-// loadSharedState finds this config's shared state, or makes it: the
-// sealing key and the sessions saved in Caddy's storage are read back, so
-// a restart keeps customers signed in and sign-ins in progress valid.
+// loadSharedState finds this config's shared state, or makes it. With the
+// memory store, the sealing key and the sessions saved in Caddy's storage
+// are read back, so a restart keeps customers signed in and sign-ins in
+// progress valid. The Redis store connects lazily: nothing here touches
+// the network.
 func (h *Handler) loadSharedState(ctx caddy.Context) (*sharedState, error) {
-	h.shared = strings.Join([]string{h.Issuer, h.ClientID, h.CookieName}, "|")
-	sum := sha256.Sum256([]byte(h.shared))
-	dir := path.Join("pliro", hex.EncodeToString(sum[:8]))
+	var redisCfg *RedisStoreConfig
+	identity := []string{h.Issuer, h.ClientID, h.CookieName}
+	if h.Store != nil && h.Store.Redis != nil {
+		cfg, err := h.Store.Redis.expandPlaceholders(caddy.NewReplacer())
+		if err != nil {
+			return nil, fmt.Errorf("store redis: %w", err)
+		}
+		cfg = cfg.withDefaults()
+		if err := cfg.validate(); err != nil {
+			return nil, fmt.Errorf("store redis: %w", err)
+		}
+		redisCfg = &cfg
+		b, _ := json.Marshal(cfg)
+		identity = append(identity, "redis", string(b))
+	}
+	sum := sha256.Sum256([]byte(strings.Join(identity, "\x00")))
+	h.shared = hex.EncodeToString(sum[:])
+	dir := path.Join("pliro", h.shared[:16])
 	storage, logger := ctx.Storage(), h.logger
+
 	val, _, err := sharedPool.LoadOrNew(h.shared, func() (caddy.Destructor, error) {
+		if redisCfg != nil {
+			store, err := newRedisStore(*redisCfg, logger)
+			if err != nil {
+				return nil, err
+			}
+			return &sharedState{store: store, redisKeys: &redisSealer{store: store}}, nil
+		}
 		key, err := loadOrCreateKey(storage, path.Join(dir, "sealing-key"))
 		if err != nil {
 			return nil, err
@@ -54,6 +95,41 @@ func (h *Handler) loadSharedState(ctx caddy.Context) (*sharedState, error) {
 		return nil, fmt.Errorf("setting up session state: %w", err)
 	}
 	return val.(*sharedState), nil
+}
+
+// sealerFor returns the sealer of sign-in cookies: the one made at
+// provision time, or, with Redis, the one for the key all instances share
+// (fetched on first use, then cached by the store).
+func (h *Handler) sealerFor(ctx context.Context) (*sealer, error) {
+	if h.redisKeys != nil {
+		return h.redisKeys.get(ctx)
+	}
+	return h.sealer, nil
+}
+
+// redisSealer keeps the sealer for the key shared through Redis.
+type redisSealer struct {
+	store  *redisStore
+	mu     sync.Mutex
+	key    []byte
+	sealer *sealer
+}
+
+func (rs *redisSealer) get(ctx context.Context) (*sealer, error) {
+	key, err := rs.store.SealingKey(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	if rs.sealer == nil || !bytes.Equal(key, rs.key) {
+		s, err := newSealer(key)
+		if err != nil {
+			return nil, err
+		}
+		rs.sealer, rs.key = s, key
+	}
+	return rs.sealer, nil
 }
 
 // loadOrCreateKey returns the 32-byte key kept in storage under name,

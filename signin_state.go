@@ -101,14 +101,19 @@ func (s *sealer) open(name, value string) ([]byte, error) {
 
 // saveSignInAttempt sets the attempt's cookie, first expiring the oldest
 // attempts of this browser beyond maxSignInAttempts-1.
-func (h *Handler) saveSignInAttempt(w http.ResponseWriter, r *http.Request, a *signInAttempt) {
-	h.pruneSignInAttempts(w, r)
+func (h *Handler) saveSignInAttempt(w http.ResponseWriter, r *http.Request, a *signInAttempt) error {
+	s, err := h.sealerFor(r.Context())
+	if err != nil {
+		return err
+	}
+	h.pruneSignInAttempts(w, r, s)
 	name := signInCookieName(r, a.State)
 	plain, _ := json.Marshal(a)
-	setCookie(w, r, name, h.sealer.seal(name, plain), int(signInAttemptTTL.Seconds()))
+	setCookie(w, r, name, s.seal(name, plain), int(signInAttemptTTL.Seconds()))
+	return nil
 }
 
-func (h *Handler) pruneSignInAttempts(w http.ResponseWriter, r *http.Request) {
+func (h *Handler) pruneSignInAttempts(w http.ResponseWriter, r *http.Request, s *sealer) {
 	prefix := cookieName(r, signInCookieBase)
 	type held struct {
 		name   string
@@ -120,7 +125,7 @@ func (h *Handler) pruneSignInAttempts(w http.ResponseWriter, r *http.Request) {
 			continue
 		}
 		var a signInAttempt
-		if plain, err := h.sealer.open(c.Name, c.Value); err == nil {
+		if plain, err := s.open(c.Name, c.Value); err == nil {
 			_ = json.Unmarshal(plain, &a) // unreadable counts as oldest
 		}
 		attempts = append(attempts, held{c.Name, a.Issued})
@@ -152,7 +157,11 @@ func (h *Handler) takeSignInAttempt(w http.ResponseWriter, r *http.Request, stat
 		return nil, errNoSignInAttempt
 	}
 	setCookie(w, r, name, "", -1)
-	plain, err := h.sealer.open(name, c.Value)
+	s, err := h.sealerFor(r.Context())
+	if err != nil {
+		return nil, err
+	}
+	plain, err := s.open(name, c.Value)
 	if err != nil {
 		return nil, errNoSignInAttempt
 	}

@@ -65,8 +65,10 @@ func (h *Handler) reauthDue(s *Session) bool {
 func (h *Handler) startSilentReauth(w http.ResponseWriter, r *http.Request, key string, s *Session, returnTo string) bool {
 	next := *s
 	next.ReauthAt, next.NeedsReauth = now(), false
-	if err := h.store.Save(r.Context(), key, &next, h.deadline(&next)); err != nil {
-		h.logger.Warn("recording silent re-authentication", zap.Error(err))
+	if alive, err := h.store.Replace(r.Context(), key, &next, h.deadline(&next)); err != nil || !alive {
+		if err != nil {
+			h.logger.Warn("recording silent re-authentication", zap.Error(err))
+		}
 		return false
 	}
 	if err := h.startSignIn(w, r, returnTo, true); err != nil {

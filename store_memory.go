@@ -105,10 +105,26 @@ func (m *memoryStore) Save(_ context.Context, key string, s *Session, deadline t
 	if old, ok := m.sessions[key]; ok {
 		m.unindex(key, old.session)
 	}
+	m.putLocked(key, s, deadline)
+	return nil
+}
+
+func (m *memoryStore) Replace(_ context.Context, key string, s *Session, deadline time.Time) (bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	old, ok := m.sessions[key]
+	if !ok || !now().Before(old.deadline) {
+		return false, nil
+	}
+	m.unindex(key, old.session)
+	m.putLocked(key, s, deadline)
+	return true, nil
+}
+
+func (m *memoryStore) putLocked(key string, s *Session, deadline time.Time) {
 	m.sessions[key] = memoryEntry{session: s, deadline: deadline}
 	addToIndex(m.bySub, s.Subject, key)
 	addToIndex(m.bySID, s.ProviderSID, key)
-	return nil
 }
 
 func (m *memoryStore) Delete(_ context.Context, key string) error {

@@ -31,6 +31,10 @@ const (
 // (Pliro issues no refresh tokens); silent re-authentication gets a new one.
 var errAccessTokenRejected = errors.New("userinfo refused the access token")
 
+// errSessionEnded: the session ended (sign-out, back-channel logout) while
+// its claims were being refreshed; the refresh is dropped.
+var errSessionEnded = errors.New("session ended during the refresh")
+
 // refreshClaims asks userinfo for the customer's current claims and saves
 // them, unless a refresh of this session is running, or ran within the last
 // deniedRefreshGap. Rechecks on return from checkout are counted apart, so
@@ -79,8 +83,12 @@ func (h *Handler) refreshClaims(ctx context.Context, key string, s *Session, rec
 		next.Extra = claims.Extra
 		next.ClaimsAt = t
 	}
-	if saveErr := h.store.Save(ctx, key, &next, h.deadline(&next)); saveErr != nil {
+	alive, saveErr := h.store.Replace(ctx, key, &next, h.deadline(&next))
+	if saveErr != nil {
 		return s, fmt.Errorf("saving refreshed session: %w", saveErr)
+	}
+	if !alive {
+		return s, errSessionEnded
 	}
 	return &next, err
 }
