@@ -150,8 +150,8 @@ type Handler struct {
 	store        Store
 	sealer       *sealer      // seals sign-in cookies (memory store)
 	redisKeys    *redisSealer // or, with Redis, gives the sealer of the shared key
-	shared       string    // key of the state this config shares with others in sharedPool
-	refreshing   *sync.Map // store keys of sessions whose claims are being refreshed
+	shared       string       // key of the state this config shares with others in sharedPool
+	refreshing   *sync.Map    // store keys of sessions whose claims are being refreshed
 	logger       *zap.Logger
 }
 
