@@ -268,6 +268,8 @@ try {
   log(`logout token header ${JSON.stringify(ltd.header)}\nlogout token claims ${JSON.stringify(lp)}`);
   const bclog = await (await request(null, `${issuer}/test/backchannel-log`)).json();
   check(bclog.length === 1 && bclog[0].target === bcUri && bclog[0].status === 200 && bclog[0].sid === p1.sid, '/test/backchannel-log records the delivery', bclog);
+  const esAgain = await request(new Jar(), `${issuer}/oauth/end_session?${es}`);
+  check(esAgain.status === 303 && esAgain.headers.get('location') === `${POST_LOGOUT}?state=bye` && received.length === 1, 'valid hint without provider session: same 303, no back-channel', esAgain.status);
   const a5 = await authorize(issuer, browser, { prompt: 'none' });
   check(a5.error === 'login_required', 'provider session ended (prompt=none -> login_required)', a5);
   ui = await userinfo(issuer, t1.access_token);
