@@ -40,33 +40,33 @@ func (h *Handler) serveBackchannelLogout(w http.ResponseWriter, r *http.Request)
 		return writeLogoutError(w, http.StatusMethodNotAllowed, "invalid_request", "use POST")
 	}
 	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != "application/x-www-form-urlencoded" {
-		return h.refuseLogout(w, http.StatusBadRequest, errors.New("content type must be application/x-www-form-urlencoded"))
+		return h.refuseLogout(w, http.StatusBadRequest, resultInvalidRequest, errors.New("content type must be application/x-www-form-urlencoded"))
 	}
 	r.Body = http.MaxBytesReader(w, r.Body, maxLogoutBody)
 	if err := r.ParseForm(); err != nil {
 		var tooLarge *http.MaxBytesError
 		if errors.As(err, &tooLarge) {
-			return h.refuseLogout(w, http.StatusRequestEntityTooLarge, errors.New("request body too large"))
+			return h.refuseLogout(w, http.StatusRequestEntityTooLarge, resultInvalidRequest, errors.New("request body too large"))
 		}
-		return h.refuseLogout(w, http.StatusBadRequest, fmt.Errorf("reading form: %w", err))
+		return h.refuseLogout(w, http.StatusBadRequest, resultInvalidRequest, fmt.Errorf("reading form: %w", err))
 	}
 	raw := r.PostForm.Get("logout_token")
 	if raw == "" {
-		return h.refuseLogout(w, http.StatusBadRequest, errors.New("no logout_token"))
+		return h.refuseLogout(w, http.StatusBadRequest, resultInvalidRequest, errors.New("no logout_token"))
 	}
 	lt, err := h.verifyLogoutToken(r.Context(), raw)
 	if err != nil {
-		return h.refuseLogout(w, http.StatusBadRequest, err)
+		return h.refuseLogout(w, http.StatusBadRequest, resultInvalidToken, err)
 	}
 	// A logout token is good once (Back-Channel Logout 1.0 §2.6 step 8).
 	// The replay cache outlives the acceptance window, after which an old
 	// token is refused for its iat anyway.
 	first, err := h.store.FirstUse(r.Context(), "logout:"+lt.replayKey, h.logoutReplayTTL())
 	if err != nil {
-		return h.refuseLogout(w, http.StatusBadRequest, fmt.Errorf("checking replay: %w", err))
+		return h.refuseLogout(w, http.StatusBadRequest, resultStoreError, fmt.Errorf("checking replay: %w", err))
 	}
 	if !first {
-		return h.refuseLogout(w, http.StatusBadRequest, errors.New("logout token replayed"))
+		return h.refuseLogout(w, http.StatusBadRequest, resultReplay, errors.New("logout token replayed"))
 	}
 
 	// With a sid, end the sessions of that Pliro session (of that customer,
@@ -80,18 +80,21 @@ func (h *Handler) serveBackchannelLogout(w http.ResponseWriter, r *http.Request)
 	}
 	if err != nil {
 		// §2.8: if the logout failed, the RP must answer 400.
-		return h.refuseLogout(w, http.StatusBadRequest, fmt.Errorf("ending sessions: %w", err))
+		return h.refuseLogout(w, http.StatusBadRequest, resultStoreError, fmt.Errorf("ending sessions: %w", err))
 	}
+	metrics.backchannel.WithLabelValues(resultSuccess).Inc()
 	h.logger.Info("back-channel logout",
 		zap.String("customer_id", lt.Subject), zap.Int("sessions_ended", ended))
+	h.events.emit(eventBackchannelLogout, map[string]any{"customer_id": lt.Subject, "sid": lt.SID, "sessions_ended": ended})
 	w.WriteHeader(http.StatusOK)
 	return nil
 }
 
-// refuseLogout logs why a notification was refused (never the token) and
-// answers with a JSON error.
-func (h *Handler) refuseLogout(w http.ResponseWriter, status int, reason error) error {
-	h.logger.Warn("refusing back-channel logout", zap.Int("status", status), zap.Error(reason))
+// refuseLogout counts and logs why a notification was refused (never the
+// token) and answers with a JSON error.
+func (h *Handler) refuseLogout(w http.ResponseWriter, status int, result string, reason error) error {
+	metrics.backchannel.WithLabelValues(result).Inc()
+	h.logger.Warn("refusing back-channel logout", zap.Int("status", status), zap.String("reason", result), zap.Error(reason))
 	return writeLogoutError(w, status, "invalid_request", reason.Error())
 }
 

@@ -139,48 +139,64 @@ func (h *Handler) startSignIn(w http.ResponseWriter, r *http.Request, returnTo s
 }
 
 // serveCallback finishes a sign-in: Pliro sent the browser back to the
-// redirect URI with ?code=...&state=... (or ?error=...).
+// redirect URI with ?code=...&state=... (or ?error=...). Every callback is
+// counted by result, and logged with the reason when it fails.
 func (h *Handler) serveCallback(w http.ResponseWriter, r *http.Request) error {
 	if r.Method != http.MethodGet {
 		return methodNotAllowed(w, http.MethodGet)
 	}
+	silent, result, err := h.finishSignIn(w, r)
+	if silent {
+		metrics.silentReauths.WithLabelValues(result).Inc()
+	} else {
+		metrics.signIns.WithLabelValues(result).Inc()
+	}
+	if err != nil {
+		h.logger.Info("sign-in failed", zap.String("reason", result), zap.Bool("silent", silent), zap.Error(err))
+	}
+	return err
+}
+
+// finishSignIn does the callback's work and names its result for the
+// metrics; silent tells a prompt=none attempt from an interactive one.
+func (h *Handler) finishSignIn(w http.ResponseWriter, r *http.Request) (silent bool, result string, err error) {
 	q := r.URL.Query()
 	a, err := h.takeSignInAttempt(w, r, q.Get("state"))
 	if err != nil {
 		if errors.Is(err, errNoSignInAttempt) || errors.Is(err, errSignInAttemptExpired) {
-			return caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("sign-in callback: %w", err))
+			return false, resultBadState, caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("sign-in callback: %w", err))
 		}
-		return caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("sign-in callback: %w", err))
+		return false, resultStoreError, caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("sign-in callback: %w", err))
 	}
 	// Authorization server issuer identification: when Pliro names itself in
 	// the response, it must be our issuer, or this is a mix-up attack
 	// (RFC 9207 §2.4; RFC 9700 §4.4).
 	if iss := q.Get("iss"); iss != "" && iss != h.Issuer {
-		return caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("sign-in callback: response from issuer %q, expected %q", iss, h.Issuer))
+		return a.Silent, resultBadState, caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("sign-in callback: response from issuer %q, expected %q", iss, h.Issuer))
 	}
 	if code := q.Get("error"); code != "" {
 		if a.Silent {
-			return h.silentSignInRefused(w, r, a, code)
+			return true, h.silentSignInRefused(w, r, a, code), nil
 		}
-		return h.signInRefused(code)
+		return false, resultProviderRefused, h.signInRefused(code)
 	}
 	code := q.Get("code")
 	if code == "" {
-		return caddyhttp.Error(http.StatusBadRequest, errors.New("sign-in callback without code"))
+		return a.Silent, resultInvalidRequest, caddyhttp.Error(http.StatusBadRequest, errors.New("sign-in callback without code"))
 	}
 
 	e, err := h.provider.get(r.Context())
 	if err != nil {
-		return caddyhttp.Error(http.StatusBadGateway, err)
+		return a.Silent, resultProviderDown, caddyhttp.Error(http.StatusBadGateway, err)
 	}
 	tokens, err := h.exchangeCode(r, e, code, a)
 	if err != nil {
-		return err
+		return a.Silent, resultExchangeFailed, err
 	}
 	claims, err := h.verifyIDToken(r.Context(), e, tokens.idToken, a.Nonce, tokens.accessToken)
 	if err != nil {
 		h.logger.Warn("rejecting ID token", zap.Error(err))
-		return caddyhttp.Error(http.StatusBadGateway, fmt.Errorf("verifying ID token: %w", err))
+		return a.Silent, resultInvalidIDToken, caddyhttp.Error(http.StatusBadGateway, fmt.Errorf("verifying ID token: %w", err))
 	}
 
 	// A brand-new session ID for every sign-in, and the visitor's previous
@@ -188,7 +204,7 @@ func (h *Handler) serveCallback(w http.ResponseWriter, r *http.Request) error {
 	// nothing after it (session fixation, OWASP ASVS V3.2.1).
 	if oldKey, ok := h.sessionKeyFromRequest(r); ok {
 		if err := h.store.Delete(r.Context(), oldKey); err != nil {
-			return caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("ending previous session: %w", err))
+			return a.Silent, resultStoreError, caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("ending previous session: %w", err))
 		}
 	}
 	t := now()
@@ -199,12 +215,13 @@ func (h *Handler) serveCallback(w http.ResponseWriter, r *http.Request) error {
 	s.Created, s.LastSeen, s.ClaimsAt, s.ReauthAt = t, t, t, t
 	cookieValue, key := newSessionID()
 	if err := h.store.Save(r.Context(), key, s, h.deadline(s)); err != nil {
-		return caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("saving session: %w", err))
+		return a.Silent, resultStoreError, caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("saving session: %w", err))
 	}
 	h.setSessionCookie(w, r, cookieValue)
-	h.logger.Info("customer signed in", zap.String("customer_id", s.Subject))
+	h.logger.Info("customer signed in", zap.String("customer_id", s.Subject), zap.Bool("silent", a.Silent))
+	h.events.emit(eventSignedIn, map[string]any{"customer_id": s.Subject, "sid": s.ProviderSID})
 	http.Redirect(w, r, a.ReturnTo, http.StatusSeeOther)
-	return nil
+	return a.Silent, resultSuccess, nil
 }
 
 // signInRefused turns an error response from Pliro's authorize endpoint
@@ -242,7 +259,8 @@ func (h *Handler) exchangeCode(r *http.Request, e *endpoints, code string, a *si
 	if a.Verifier != "" {
 		opts = append(opts, oauth2.VerifierOption(a.Verifier))
 	}
-	tok, err := cfg.Exchange(oidc.ClientContext(r.Context(), h.provider.client), code, opts...)
+	ctx := withEndpoint(oidc.ClientContext(r.Context(), h.provider.client), endpointToken)
+	tok, err := cfg.Exchange(ctx, code, opts...)
 	if err != nil {
 		var re *oauth2.RetrieveError
 		if errors.As(err, &re) && re.ErrorCode == "invalid_grant" {

@@ -98,7 +98,7 @@ func (k *remoteKeys) refresh(ctx context.Context, seen time.Time) ([]jose.JSONWe
 }
 
 func (k *remoteKeys) fetch(ctx context.Context) ([]jose.JSONWebKey, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, k.url, nil)
+	req, err := http.NewRequestWithContext(withEndpoint(ctx, endpointJWKS), http.MethodGet, k.url, nil)
 	if err != nil {
 		return nil, err
 	}

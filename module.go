@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyevents"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 	"golang.org/x/oauth2"
@@ -152,6 +153,7 @@ type Handler struct {
 	redisKeys    *redisSealer // or, with Redis, gives the sealer of the shared key
 	shared       string       // key of the state this config shares with others in sharedPool
 	refreshing   *sync.Map    // store keys of sessions whose claims are being refreshed
+	events       *events      // the events app, for pliro_* events
 	logger       *zap.Logger
 }
 
@@ -190,6 +192,14 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	h.setDefaults()
 	h.refreshing = new(sync.Map)
+	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return fmt.Errorf("registering metrics: %w", err)
+	}
+	eventsApp, err := ctx.App("events")
+	if err != nil {
+		return fmt.Errorf("getting events app: %w", err)
+	}
+	h.events = &events{ctx: ctx, app: eventsApp.(*caddyevents.App)}
 
 	repl := caddy.NewReplacer()
 	issuer, err := repl.ReplaceOrErr(h.Issuer, true, true)

@@ -68,7 +68,7 @@ func newProviderClient() *http.Client {
 	transport.ResponseHeaderTimeout = outboundTimeout
 	return &http.Client{
 		Timeout:   outboundTimeout,
-		Transport: transport,
+		Transport: timedTransport{next: transport},
 		// Pliro's endpoints answer directly; a redirect is unexpected and
 		// must not carry the client secret elsewhere.
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
@@ -109,7 +109,7 @@ func (p *provider) learn(ctx context.Context) (*endpoints, error) {
 			pkce:       p.pkce == "on",
 		}, &oidc.StaticKeySet{PublicKeys: p.pinnedKeys}), nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, outboundTimeout)
+	ctx, cancel := context.WithTimeout(withEndpoint(ctx, endpointDiscovery), outboundTimeout)
 	defer cancel()
 	// go-oidc fetches the discovery document and checks that its issuer is
 	// exactly ours (OIDC Discovery 1.0 §4.3), which stops a mix-up with

@@ -63,7 +63,9 @@ func (h *Handler) serveSignOut(w http.ResponseWriter, r *http.Request) error {
 		target = h.SignOutRedirect
 	}
 	if s != nil {
+		metrics.signOuts.Inc()
 		h.logger.Info("customer signed out", zap.String("customer_id", s.Subject))
+		h.events.emit(eventSignedOut, map[string]any{"customer_id": s.Subject, "sid": s.ProviderSID})
 		if h.endProviderSession() {
 			if u, err := h.endSessionURL(r, s); err == nil {
 				target = u

@@ -126,7 +126,9 @@ func continueURL(r *http.Request) string {
 // account_selection_required; OIDC Core §3.1.2.6), the local session ends
 // too and the customer continues as anonymous; a protected page then starts
 // an ordinary sign-in. Any other error keeps the session: Pliro hiccupped.
-func (h *Handler) silentSignInRefused(w http.ResponseWriter, r *http.Request, a *signInAttempt, code string) error {
+// It returns the result for the metrics.
+func (h *Handler) silentSignInRefused(w http.ResponseWriter, r *http.Request, a *signInAttempt, code string) string {
+	result := resultError
 	switch code {
 	case "login_required", "consent_required", "interaction_required", "account_selection_required":
 		if key, ok := h.sessionKeyFromRequest(r); ok {
@@ -136,11 +138,12 @@ func (h *Handler) silentSignInRefused(w http.ResponseWriter, r *http.Request, a 
 			h.clearSessionCookie(w, r)
 			h.logger.Info("customer no longer signed in to the provider; session ended", zap.String("reason", code))
 		}
+		result = resultLoginRequired
 	default:
 		h.logger.Warn("silent re-authentication failed; keeping the session", zap.String("error", sanitizeErrorCode(code)))
 	}
 	http.Redirect(w, r, a.ReturnTo, http.StatusSeeOther)
-	return nil
+	return result
 }
 
 // autoSignInDue: auto sign-in is on, this is a browser's top-level

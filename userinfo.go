@@ -64,15 +64,19 @@ func (h *Handler) refreshClaims(ctx context.Context, key string, s *Session, rec
 		next.RecheckedAt = t
 	}
 	claims, err := h.fetchUserinfo(ctx, s.AccessToken)
+	result := resultSuccess
 	switch {
 	case errors.Is(err, errAccessTokenRejected):
+		result = resultTokenRejected
 		next.NeedsReauth = true
 	case err != nil:
+		result = resultError
 		h.logger.Warn("refreshing customer information; keeping the last known claims",
 			zap.String("customer_id", s.Subject), zap.Error(err))
 	case claims.Subject != s.Subject:
 		// OIDC Core §5.3.2: the userinfo sub must equal the ID token's, or
 		// the response is not about this customer and must not be used.
+		result = resultSubjectMismatch
 		err = fmt.Errorf("userinfo sub %q is not the session's %q", claims.Subject, s.Subject)
 		h.logger.Warn("ignoring userinfo response", zap.String("customer_id", s.Subject), zap.Error(err))
 	default:
@@ -83,6 +87,7 @@ func (h *Handler) refreshClaims(ctx context.Context, key string, s *Session, rec
 		next.Extra = claims.Extra
 		next.ClaimsAt = t
 	}
+	metrics.userinfo.WithLabelValues(result).Inc()
 	alive, saveErr := h.store.Replace(ctx, key, &next, h.deadline(&next))
 	if saveErr != nil {
 		return s, fmt.Errorf("saving refreshed session: %w", saveErr)
@@ -103,7 +108,7 @@ func (h *Handler) fetchUserinfo(ctx context.Context, accessToken string) (*custo
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, time.Duration(h.UserinfoTimeout))
+	ctx, cancel := context.WithTimeout(withEndpoint(ctx, endpointUserinfo), time.Duration(h.UserinfoTimeout))
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, e.userinfo, nil)
 	if err != nil {
