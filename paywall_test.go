@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // paywallSite: free pages, pages for signed-in readers, premium pages
@@ -224,12 +226,20 @@ func TestExpiredAccessTokenTriggersSilentReauth(t *testing.T) {
 	p.forgetAccessTokens()
 	p.set(withPlan("premium"))
 	moveClock(t, 2*time.Minute)
+	rejected := testutil.ToFloat64(metrics.userinfo.WithLabelValues(resultTokenRejected))
+	silent := testutil.ToFloat64(metrics.silentReauths.WithLabelValues(resultSuccess))
 	resp, visited := b.navigate(site.base + "/premium/a")
 	if resp.StatusCode != http.StatusOK || resp.body != "premium: premium" {
 		t.Fatalf("got %d %q via %v", resp.StatusCode, resp.body, visited)
 	}
 	if p.lastAuthorize.Get("prompt") != "none" {
 		t.Fatalf("re-authentication was not silent: %v", p.lastAuthorize)
+	}
+	if d := testutil.ToFloat64(metrics.userinfo.WithLabelValues(resultTokenRejected)) - rejected; d != 1 {
+		t.Errorf("userinfo token_rejected moved by %v, want 1", d)
+	}
+	if d := testutil.ToFloat64(metrics.silentReauths.WithLabelValues(resultSuccess)) - silent; d != 1 {
+		t.Errorf("silent re-authentication success moved by %v, want 1", d)
 	}
 }
 
@@ -243,7 +253,11 @@ func TestLoginRequiredEndsTheLocalSession(t *testing.T) {
 	signIn(t, site, b, "/members/a")
 	p.set(func(p *testProvider) { p.signedIn = false })
 	restore := moveClock(t, 2*time.Hour)
+	loginRequired := testutil.ToFloat64(metrics.silentReauths.WithLabelValues(resultLoginRequired))
 	resp, visited := b.navigate(site.base + "/news")
+	if d := testutil.ToFloat64(metrics.silentReauths.WithLabelValues(resultLoginRequired)) - loginRequired; d != 1 {
+		t.Errorf("silent re-authentication login_required moved by %v, want 1", d)
+	}
 	if resp.body != "public: [] plan=[]" {
 		t.Fatalf("got %q via %v", resp.body, visited)
 	}

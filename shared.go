@@ -34,6 +34,8 @@ type StoreConfig struct {
 var sharedPool = caddy.NewUsagePool()
 
 type sharedState struct {
+	issuer, clientID, kind string // for the admin API
+
 	store Store
 	// sealer seals sign-in cookies with a key kept in Caddy's storage; with
 	// Redis, redisKeys gives the key all instances share instead.
@@ -69,7 +71,7 @@ func (h *Handler) loadSharedState(ctx caddy.Context) (*sharedState, error) {
 	sum := sha256.Sum256([]byte(strings.Join(identity, "\x00")))
 	h.shared = hex.EncodeToString(sum[:])
 	dir := path.Join("pliro", h.shared[:16])
-	storage, logger := ctx.Storage(), h.logger
+	storage, logger, issuer, clientID := ctx.Storage(), h.logger, h.Issuer, h.ClientID
 
 	val, _, err := sharedPool.LoadOrNew(h.shared, func() (caddy.Destructor, error) {
 		if redisCfg != nil {
@@ -77,7 +79,7 @@ func (h *Handler) loadSharedState(ctx caddy.Context) (*sharedState, error) {
 			if err != nil {
 				return nil, err
 			}
-			return &sharedState{store: store, redisKeys: &redisSealer{store: store}}, nil
+			return &sharedState{issuer: issuer, clientID: clientID, kind: "redis", store: store, redisKeys: &redisSealer{store: store}}, nil
 		}
 		key, err := loadOrCreateKey(storage, path.Join(dir, "sealing-key"))
 		if err != nil {
@@ -88,7 +90,7 @@ func (h *Handler) loadSharedState(ctx caddy.Context) (*sharedState, error) {
 			return nil, err
 		}
 		store := newMemoryStoreWith(&persistence{storage: storage, key: path.Join(dir, "sessions.json"), logger: logger})
-		return &sharedState{store: store, sealer: s}, nil
+		return &sharedState{issuer: issuer, clientID: clientID, kind: "memory", store: store, sealer: s}, nil
 	})
 	if err != nil {
 		h.shared = "" // nothing to release in Cleanup

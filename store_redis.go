@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"strconv"
 	"strings"
 	"sync"
@@ -372,6 +373,31 @@ func (s *redisStore) subKey(sub string) string     { return s.base + "sub:" + su
 func (s *redisStore) op(ctx context.Context) (context.Context, context.CancelFunc) {
 	s.startSubscriber()
 	return context.WithTimeout(ctx, s.opTimeout)
+}
+
+// countSessions counts the session keys with SCAN: O(sessions), for the
+// admin API only, never on a request path.
+func (s *redisStore) countSessions(r *http.Request) (int, error) {
+	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
+	defer cancel()
+	var n atomic.Int64
+	count := func(ctx context.Context, c redis.UniversalClient) error {
+		iter := c.Scan(ctx, 0, s.base+"s:*", 1000).Iterator()
+		for iter.Next(ctx) {
+			n.Add(1)
+		}
+		return iter.Err()
+	}
+	var err error
+	if cluster, ok := s.client.(*redis.ClusterClient); ok {
+		err = cluster.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error { return count(ctx, c) })
+	} else {
+		err = count(ctx, s.client)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("counting sessions: %w", err)
+	}
+	return int(n.Load()), nil
 }
 
 func (s *redisStore) Load(ctx context.Context, key string) (*Session, bool, error) {
