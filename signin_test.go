@@ -393,6 +393,19 @@ func TestProviderErrorResponses(t *testing.T) {
 	}
 }
 
+// TestDiscoveryOfAnotherIssuerIsRefused: a discovery document that names
+// another issuer (a mix-up, or a hijacked well-known path) must not be
+// used (OIDC Discovery 1.0 §4.3).
+func TestDiscoveryOfAnotherIssuerIsRefused(t *testing.T) {
+	p := newTestProvider(t)
+	real := p.issuer
+	p.set(func(p *testProvider) { p.issuer = "https://evil.example" })
+	site := startCaddy(t, strings.Replace(siteFor(p, ""), "issuer https://evil.example", "issuer "+real, 1))
+	if resp := newBrowser(t).get(site.base + "/members/x"); resp.StatusCode != http.StatusBadGateway {
+		t.Fatalf("sign-in with a foreign discovery document: %d, want 502", resp.StatusCode)
+	}
+}
+
 func TestPinnedKeyWithoutDiscovery(t *testing.T) {
 	p := newTestProvider(t)
 	site := startCaddy(t, siteFor(p, "public_key_file "+p.publicKeyPEM(t)))
