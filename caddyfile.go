@@ -52,6 +52,7 @@ const defaultHeaderPrefix = "X-Pliro-"
 //		logout_token_max_age     <duration>
 //		refresh_interval         <duration>|off
 //		userinfo_timeout         <duration>
+//		provider_timeout         <duration>
 //		reauth_interval          <duration>|off
 //		auto_sign_in             <duration>|off
 //		store                    memory|redis [<address...>] [{ ... }]
@@ -92,6 +93,7 @@ func (p *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		"logout_token_max_age": &p.LogoutTokenMaxAge,
 		"refresh_interval":     &p.RefreshInterval,
 		"userinfo_timeout":     &p.UserinfoTimeout,
+		"provider_timeout":     &p.ProviderTimeout,
 		"reauth_interval":      &p.ReauthInterval,
 		"auto_sign_in":         &p.AutoSignIn,
 	}

@@ -126,6 +126,9 @@ type Handler struct {
 	// Pliro take effect. A denied plan check and the return from checkout
 	// refresh at once regardless. Negative: off. Default: 15m.
 	RefreshInterval caddy.Duration `json:"refresh_interval,omitempty"`
+	// ProviderTimeout bounds every other call to Pliro (discovery, JWKS,
+	// token exchange, which a customer's sign-in waits for). Default: 10s.
+	ProviderTimeout caddy.Duration `json:"provider_timeout,omitempty"`
 	// UserinfoTimeout bounds a userinfo call, which a customer's request
 	// waits for. Default: 3s.
 	UserinfoTimeout caddy.Duration `json:"userinfo_timeout,omitempty"`
@@ -178,6 +181,7 @@ const (
 	defaultLogoutTokenMaxAge  = 5 * time.Minute
 	defaultRefreshInterval    = 15 * time.Minute
 	defaultUserinfoTimeout    = 3 * time.Second
+	defaultProviderTimeout    = 10 * time.Second
 	defaultPKCE               = "auto"
 	defaultTokenAuthMethod    = "client_secret_basic"
 	clientSecretPostMethod    = "client_secret_post"
@@ -242,7 +246,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		pkce:       h.PKCE,
 		clockSkew:  time.Duration(h.ClockSkew),
 		pinnedKeys: pinned,
-		client:     newProviderClient(),
+		timeout:    time.Duration(h.ProviderTimeout),
+		client:     newProviderClient(time.Duration(h.ProviderTimeout)),
 	}
 
 	state, err := h.loadSharedState(ctx)
@@ -279,6 +284,9 @@ func (h *Handler) setDefaults() {
 	}
 	if h.RefreshInterval == 0 {
 		h.RefreshInterval = caddy.Duration(defaultRefreshInterval)
+	}
+	if h.ProviderTimeout == 0 {
+		h.ProviderTimeout = caddy.Duration(defaultProviderTimeout)
 	}
 	if h.UserinfoTimeout == 0 {
 		h.UserinfoTimeout = caddy.Duration(defaultUserinfoTimeout)
@@ -330,8 +338,8 @@ func (h *Handler) Validate() error {
 		}
 		seen[p] = name
 	}
-	if h.IdleTimeout <= 0 || h.MaxLifetime <= 0 || h.LogoutTokenMaxAge <= 0 || h.UserinfoTimeout <= 0 {
-		return errors.New("idle_timeout, max_lifetime, logout_token_max_age and userinfo_timeout must be positive")
+	if h.IdleTimeout <= 0 || h.MaxLifetime <= 0 || h.LogoutTokenMaxAge <= 0 || h.UserinfoTimeout <= 0 || h.ProviderTimeout <= 0 {
+		return errors.New("idle_timeout, max_lifetime, logout_token_max_age, userinfo_timeout and provider_timeout must be positive")
 	}
 	if h.ClockSkew < 0 || h.ReauthInterval < 0 || h.AutoSignIn < 0 {
 		return errors.New("clock_skew, reauth_interval and auto_sign_in must not be negative")

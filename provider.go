@@ -44,6 +44,7 @@ type provider struct {
 	clientID   string
 	pkce       string // auto, on, off
 	clockSkew  time.Duration
+	timeout    time.Duration // of each call
 	pinnedKeys []crypto.PublicKey // no discovery when set
 	client     *http.Client
 
@@ -55,19 +56,18 @@ type provider struct {
 	lastErr  error
 }
 
-const (
-	// outboundTimeout bounds every call to Pliro, so a slow Pliro cannot
-	// hold customers' requests (or goroutines) for long.
-	outboundTimeout = 10 * time.Second
-	maxDiscoveryGap = time.Minute
-)
+// maxDiscoveryGap is the longest wait between discovery attempts.
+const maxDiscoveryGap = time.Minute
 
-func newProviderClient() *http.Client {
+// newProviderClient makes the one client for every call to Pliro. Each call
+// ends after timeout (provider_timeout), so a slow Pliro cannot hold
+// customers' requests, or pile up goroutines, for long.
+func newProviderClient(timeout time.Duration) *http.Client {
 	transport := http.DefaultTransport.(*http.Transport).Clone()
 	transport.MaxIdleConnsPerHost = 16
-	transport.ResponseHeaderTimeout = outboundTimeout
+	transport.ResponseHeaderTimeout = timeout
 	return &http.Client{
-		Timeout:   outboundTimeout,
+		Timeout:   timeout,
 		Transport: timedTransport{next: transport},
 		// Pliro's endpoints answer directly; a redirect is unexpected and
 		// must not carry the client secret elsewhere.
@@ -109,7 +109,7 @@ func (p *provider) learn(ctx context.Context) (*endpoints, error) {
 			pkce:       p.pkce == "on",
 		}, &oidc.StaticKeySet{PublicKeys: p.pinnedKeys}), nil
 	}
-	ctx, cancel := context.WithTimeout(withEndpoint(ctx, endpointDiscovery), outboundTimeout)
+	ctx, cancel := context.WithTimeout(withEndpoint(ctx, endpointDiscovery), p.timeout)
 	defer cancel()
 	// go-oidc fetches the discovery document and checks that its issuer is
 	// exactly ours (OIDC Discovery 1.0 §4.3), which stops a mix-up with

@@ -6,8 +6,10 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"os"
+	"runtime"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -459,6 +461,74 @@ func TestProviderDownAtStart(t *testing.T) {
 	now = func() time.Time { return restore().Add(2 * time.Minute) }
 	t.Cleanup(func() { now = restore })
 	signIn(t, site, b, "/members/x")
+}
+
+// TestSlowProviderDoesNotHoldSignIns: Pliro's token endpoint hangs; every
+// sign-in fails after provider_timeout with a 502, and no goroutine is left
+// behind waiting.
+func TestSlowProviderDoesNotHoldSignIns(t *testing.T) {
+	p := newTestProvider(t)
+	p.set(func(p *testProvider) {
+		p.tokenEndpoint = func(w http.ResponseWriter, r *http.Request) {
+			_ = r.ParseForm() // read the body, so a closed connection cancels r's context
+			select {
+			case <-time.After(10 * time.Second):
+			case <-r.Context().Done():
+			}
+		}
+	})
+	site := startCaddy(t, siteFor(p, "provider_timeout 300ms"))
+	signIn := func() (int, time.Duration) {
+		b := newBrowser(t)
+		start := time.Now()
+		resp, _ := b.navigate(site.base + "/members/x")
+		return resp.StatusCode, time.Since(start)
+	}
+	signIn() // warm up connections and discovery
+	before := runtime.NumGoroutine()
+	var wg sync.WaitGroup
+	for range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if status, took := signIn(); status != http.StatusBadGateway || took > 3*time.Second {
+				t.Errorf("sign-in against a hanging token endpoint: %d after %s", status, took)
+			}
+		}()
+	}
+	wg.Wait()
+	deadline := time.Now().Add(3 * time.Second)
+	for runtime.NumGoroutine() > before+5 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if n := runtime.NumGoroutine(); n > before+5 {
+		t.Fatalf("%d goroutines after the slow sign-ins, %d before", n, before)
+	}
+}
+
+// TestClockSkewIsConfigurable: Pliro's clock runs 90 s ahead of Caddy's, so
+// its ID tokens look issued in the future: refused with clock_skew 0s,
+// accepted with 2m.
+func TestClockSkewIsConfigurable(t *testing.T) {
+	for _, tc := range []struct {
+		skew string
+		ok   bool
+	}{{"clock_skew 0s", false}, {"clock_skew 2m", true}} {
+		t.Run(tc.skew, func(t *testing.T) {
+			p := newTestProvider(t)
+			p.set(func(p *testProvider) {
+				p.mutateIDToken = func(_, c map[string]any) {
+					c["iat"] = time.Now().Add(90 * time.Second).Unix()
+					c["exp"] = time.Now().Add(210 * time.Second).Unix()
+				}
+			})
+			site := startCaddy(t, siteFor(p, tc.skew))
+			resp, _ := newBrowser(t).navigate(site.base + "/members/x")
+			if ok := resp.StatusCode == http.StatusOK; ok != tc.ok {
+				t.Fatalf("%s: %d", tc.skew, resp.StatusCode)
+			}
+		})
+	}
 }
 
 // TestSessionsSurviveReload: `caddy reload` is routine; readers stay signed in.
