@@ -105,6 +105,14 @@ func (h *Handler) serveSignIn(w http.ResponseWriter, r *http.Request) error {
 // asks with prompt=none: Pliro answers at once, with a code when the
 // customer still has a Pliro session, or with login_required (§3.1.2.6).
 func (h *Handler) startSignIn(w http.ResponseWriter, r *http.Request, returnTo string, silent bool) error {
+	// The browser comes back only to a path on this site, whoever the caller:
+	// for a protected page returnTo is the request's own URI, and a request
+	// for //evil.example must not end as Location: //evil.example.
+	if safe, ok := safeReturnTo(returnTo); ok {
+		returnTo = safe
+	} else {
+		returnTo = "/"
+	}
 	e, err := h.provider.get(r.Context())
 	if err != nil {
 		return caddyhttp.Error(http.StatusBadGateway, err)

@@ -43,16 +43,23 @@ func (h *Handler) setIdentity(r *http.Request, s *Session) {
 // Without this, a client could send X-Pliro-Id: cus_victim and be the victim
 // as far as the upstream knows (the spoofing attack forward_auth guards
 // against too).
+//
+// The module's own namespace, X-Pliro-, is cleared even when identity
+// headers are off or use another prefix: an upstream written to read
+// X-Pliro-Id stays safe when identity_headers is later removed or changed.
 func (h *Handler) removeClientIdentityHeaders(r *http.Request) {
-	p := h.IdentityHeaderPrefix
-	if p == "" {
-		return
-	}
 	for name := range r.Header {
-		if len(name) >= len(p) && strings.EqualFold(strings.ReplaceAll(name[:len(p)], "_", "-"), p) {
+		if hasHeaderPrefix(name, defaultHeaderPrefix) || hasHeaderPrefix(name, h.IdentityHeaderPrefix) {
 			delete(r.Header, name)
 		}
 	}
+}
+
+// hasHeaderPrefix reports whether a header name starts with prefix, in any
+// case and with "_" for "-"; an empty prefix matches nothing.
+func hasHeaderPrefix(name, prefix string) bool {
+	return prefix != "" && len(name) >= len(prefix) &&
+		strings.EqualFold(strings.ReplaceAll(name[:len(prefix)], "_", "-"), prefix)
 }
 
 // headerSafe drops the characters a header value must not hold (RFC 9110

@@ -152,8 +152,8 @@ type Handler struct {
 	callbackPath string
 	provider     *provider
 	store        Store
-	sealer       *sealer      // seals sign-in cookies (memory store)
-	redisKeys    *redisSealer // or, with Redis, gives the sealer of the shared key
+	keys         sealerSource // gives the sealer of sign-in cookies
+	sealer       *sealer      // a fixed sealer instead, for unit tests
 	shared       string       // key of the state this config shares with others in sharedPool
 	refreshing   *sync.Map    // store keys of sessions whose claims are being refreshed
 	events       *events      // the events app, for pliro_* events
@@ -199,11 +199,13 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("registering metrics: %w", err)
 	}
-	eventsApp, err := ctx.App("events")
-	if err != nil {
-		return fmt.Errorf("getting events app: %w", err)
+	if configStorage(ctx) != nil { // a bare context (unit tests) has no apps
+		eventsApp, err := ctx.App("events")
+		if err != nil {
+			return fmt.Errorf("getting events app: %w", err)
+		}
+		h.events = &events{ctx: ctx, app: eventsApp.(*caddyevents.App)}
 	}
-	h.events = &events{ctx: ctx, app: eventsApp.(*caddyevents.App)}
 
 	repl := caddy.NewReplacer()
 	issuer, err := repl.ReplaceOrErr(h.Issuer, true, true)
@@ -254,7 +256,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	h.store, h.sealer, h.redisKeys = state.store, state.sealer, state.redisKeys
+	h.store, h.keys = state.store, state.keys
 	return nil
 }
 

@@ -37,21 +37,25 @@ type sharedState struct {
 	issuer, clientID, kind string // for the admin API
 
 	store Store
-	// sealer seals sign-in cookies with a key kept in Caddy's storage; with
-	// Redis, redisKeys gives the key all instances share instead.
-	sealer    *sealer
-	redisKeys *redisSealer
+	// keys gives the sealer of sign-in cookies: a key kept in Caddy's
+	// storage, or, with Redis, the key all instances share there.
+	keys sealerSource
 }
 
 func (s *sharedState) Destruct() error {
 	return s.store.(caddy.Destructor).Destruct()
 }
 
-// loadSharedState finds this config's shared state, or makes it. With the
-// memory store, the sealing key and the sessions saved in Caddy's storage
-// are read back, so a restart keeps customers signed in and sign-ins in
-// progress valid. The Redis store connects lazily: nothing here touches
-// the network.
+// sealerSource gives the sealer of sign-in cookies, loading its key on first
+// use: Provision does no I/O.
+type sealerSource interface {
+	sealer(ctx context.Context) (*sealer, error)
+}
+
+// loadSharedState finds this config's shared state, or makes it. Nothing
+// here reads or writes storage or the network (Provision also runs for
+// `caddy validate`): the memory store reads its snapshot, and the sealing
+// key is read, on first use.
 func (h *Handler) loadSharedState(ctx caddy.Context) (*sharedState, error) {
 	var redisCfg *RedisStoreConfig
 	identity := []string{h.Issuer, h.ClientID, h.CookieName}
@@ -71,7 +75,7 @@ func (h *Handler) loadSharedState(ctx caddy.Context) (*sharedState, error) {
 	sum := sha256.Sum256([]byte(strings.Join(identity, "\x00")))
 	h.shared = hex.EncodeToString(sum[:])
 	dir := path.Join("pliro", h.shared[:16])
-	storage, logger, issuer, clientID := ctx.Storage(), h.logger, h.Issuer, h.ClientID
+	storage, logger, issuer, clientID := configStorage(ctx), h.logger, h.Issuer, h.ClientID
 
 	val, _, err := sharedPool.LoadOrNew(h.shared, func() (caddy.Destructor, error) {
 		if redisCfg != nil {
@@ -79,18 +83,17 @@ func (h *Handler) loadSharedState(ctx caddy.Context) (*sharedState, error) {
 			if err != nil {
 				return nil, err
 			}
-			return &sharedState{issuer: issuer, clientID: clientID, kind: "redis", store: store, redisKeys: &redisSealer{store: store}}, nil
+			return &sharedState{issuer: issuer, clientID: clientID, kind: "redis", store: store, keys: &redisSealer{store: store}}, nil
 		}
-		key, err := loadOrCreateKey(storage, path.Join(dir, "sealing-key"))
-		if err != nil {
-			return nil, err
+		var persist *persistence
+		if storage != nil {
+			persist = &persistence{storage: storage, key: path.Join(dir, "sessions.json"), logger: logger}
 		}
-		s, err := newSealer(key)
-		if err != nil {
-			return nil, err
-		}
-		store := newMemoryStoreWith(&persistence{storage: storage, key: path.Join(dir, "sessions.json"), logger: logger})
-		return &sharedState{issuer: issuer, clientID: clientID, kind: "memory", store: store, sealer: s}, nil
+		return &sharedState{
+			issuer: issuer, clientID: clientID, kind: "memory",
+			store: newMemoryStoreWith(persist),
+			keys:  &storedKey{storage: storage, name: path.Join(dir, "sealing-key")},
+		}, nil
 	})
 	if err != nil {
 		h.shared = "" // nothing to release in Cleanup
@@ -99,14 +102,58 @@ func (h *Handler) loadSharedState(ctx caddy.Context) (*sharedState, error) {
 	return val.(*sharedState), nil
 }
 
-// sealerFor returns the sealer of sign-in cookies: the one made at
-// provision time, or, with Redis, the one for the key all instances share
-// (fetched on first use, then cached by the store).
+// configStorage is the config's storage (the data directory by default), or
+// nil when ctx carries no config, as a bare caddy.NewContext in unit tests,
+// whose accessors dereference the missing config. Then sessions and the
+// sealing key live in memory only.
+func configStorage(ctx caddy.Context) (storage certmagic.Storage) {
+	defer func() {
+		if recover() != nil {
+			storage = nil
+		}
+	}()
+	return ctx.Storage()
+}
+
+// sealerFor returns the sealer of sign-in cookies.
 func (h *Handler) sealerFor(ctx context.Context) (*sealer, error) {
-	if h.redisKeys != nil {
-		return h.redisKeys.get(ctx)
+	if h.keys != nil {
+		return h.keys.sealer(ctx)
 	}
-	return h.sealer, nil
+	return h.sealer, nil // set directly by unit tests
+}
+
+// storedKey is a sealing key kept in Caddy's storage, so that a restart, or
+// another instance sharing the storage, can open cookies sealed before. It
+// is read (or created) on first use; a storage error is retried on the next.
+type storedKey struct {
+	storage certmagic.Storage // nil: a key for this process only
+	name    string
+
+	mu sync.Mutex
+	s  *sealer
+}
+
+func (k *storedKey) sealer(ctx context.Context) (*sealer, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.s != nil {
+		return k.s, nil
+	}
+	key := make([]byte, 32)
+	_, _ = rand.Read(key)
+	if k.storage != nil {
+		var err error
+		if key, err = loadOrCreateKey(ctx, k.storage, k.name); err != nil {
+			return nil, err
+		}
+	}
+	s, err := newSealer(key)
+	if err != nil {
+		return nil, err
+	}
+	k.s = s
+	return s, nil
 }
 
 // redisSealer keeps the sealer for the key shared through Redis.
@@ -114,31 +161,31 @@ type redisSealer struct {
 	store  *redisStore
 	mu     sync.Mutex
 	key    []byte
-	sealer *sealer
+	cached *sealer
 }
 
-func (rs *redisSealer) get(ctx context.Context) (*sealer, error) {
+func (rs *redisSealer) sealer(ctx context.Context) (*sealer, error) {
 	key, err := rs.store.SealingKey(ctx)
 	if err != nil {
 		return nil, err
 	}
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
-	if rs.sealer == nil || !bytes.Equal(key, rs.key) {
+	if rs.cached == nil || !bytes.Equal(key, rs.key) {
 		s, err := newSealer(key)
 		if err != nil {
 			return nil, err
 		}
-		rs.sealer, rs.key = s, key
+		rs.cached, rs.key = s, key
 	}
-	return rs.sealer, nil
+	return rs.cached, nil
 }
 
 // loadOrCreateKey returns the 32-byte key kept in storage under name,
 // creating it on first use. Instances that share Caddy's storage share the
 // key.
-func loadOrCreateKey(storage certmagic.Storage, name string) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+func loadOrCreateKey(ctx context.Context, storage certmagic.Storage, name string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	key, err := storage.Load(ctx, name)
 	if err == nil && len(key) == 32 {

@@ -1,6 +1,7 @@
 package pliro
 
 import (
+	"bytes"
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rand"
@@ -108,9 +109,29 @@ func (h *Handler) saveSignInAttempt(w http.ResponseWriter, r *http.Request, a *s
 	}
 	h.pruneSignInAttempts(w, r, s)
 	name := signInCookieName(r, a.State)
-	plain, _ := json.Marshal(a)
-	setCookie(w, r, name, s.seal(name, plain), int(signInAttemptTTL.Seconds()))
+	value := sealAttempt(s, name, a)
+	if len(value) > maxSealedCookieLen {
+		// The page to return to is too long for a cookie (a link full of
+		// tracking parameters): come back to its path, or to the home page,
+		// rather than fail the callback.
+		a.ReturnTo, _, _ = strings.Cut(a.ReturnTo, "?")
+		if value = sealAttempt(s, name, a); len(value) > maxSealedCookieLen {
+			a.ReturnTo = "/"
+			value = sealAttempt(s, name, a)
+		}
+	}
+	setCookie(w, r, name, value, int(signInAttemptTTL.Seconds()))
 	return nil
+}
+
+// sealAttempt seals a for the cookie name. & < > are kept as they are, not
+// escaped to six bytes each: a return-to full of & stays short.
+func sealAttempt(s *sealer, name string, a *signInAttempt) string {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(a)
+	return s.seal(name, bytes.TrimSuffix(buf.Bytes(), []byte("\n")))
 }
 
 func (h *Handler) pruneSignInAttempts(w http.ResponseWriter, r *http.Request, s *sealer) {

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/certmagic"
@@ -27,9 +28,11 @@ type memoryStore struct {
 	bySub    map[string]map[string]struct{} // subject -> session keys
 	used     map[string]time.Time           // replay cache: key -> forget after
 
-	persist *persistence // nil: memory only
-	stop    chan struct{}
-	stopped chan struct{}
+	persist  *persistence // nil: memory only
+	loadOnce sync.Once    // the snapshot is read on first use, not at provision
+	loaded   atomic.Bool  // and written back only if it was read
+	stop     chan struct{}
+	stopped  chan struct{}
 }
 
 // persistence is where a memory store keeps its snapshot.
@@ -56,7 +59,9 @@ const (
 func newMemoryStore() *memoryStore { return newMemoryStoreWith(nil) }
 
 // newMemoryStoreWith makes a store that, when p is not nil, starts from
-// the snapshot in p and writes it back periodically and on Destruct.
+// the snapshot in p (read on first use, so that provisioning, which also
+// runs for `caddy validate`, does no I/O) and writes it back periodically
+// and on Destruct.
 func newMemoryStoreWith(p *persistence) *memoryStore {
 	m := &memoryStore{
 		sessions: make(map[string]memoryEntry),
@@ -67,15 +72,22 @@ func newMemoryStoreWith(p *persistence) *memoryStore {
 		stop:     make(chan struct{}),
 		stopped:  make(chan struct{}),
 	}
-	if p != nil {
-		if err := m.restore(); err != nil {
-			// A broken snapshot must not keep Caddy from starting: the
-			// customers sign in again.
-			p.logger.Error("reading saved sessions; starting without them", zap.Error(err))
-		}
-	}
 	go m.sweepEvery(memorySweepInterval)
 	return m
+}
+
+// ready reads the snapshot, once, before the store is first used.
+func (m *memoryStore) ready() {
+	m.loadOnce.Do(func() {
+		if m.persist != nil {
+			if err := m.restore(); err != nil {
+				// A broken snapshot must not keep the site from serving:
+				// the customers sign in again.
+				m.persist.logger.Error("reading saved sessions; starting without them", zap.Error(err))
+			}
+		}
+		m.loaded.Store(true)
+	})
 }
 
 // Destruct stops the sweeper and writes the snapshot; the UsagePool calls
@@ -84,13 +96,14 @@ func newMemoryStoreWith(p *persistence) *memoryStore {
 func (m *memoryStore) Destruct() error {
 	close(m.stop)
 	<-m.stopped
-	if m.persist == nil {
-		return nil
+	if m.persist == nil || !m.loaded.Load() {
+		return nil // never used: nothing to write (caddy validate)
 	}
 	return m.save()
 }
 
 func (m *memoryStore) Load(_ context.Context, key string) (*Session, bool, error) {
+	m.ready()
 	m.mu.RLock()
 	e, ok := m.sessions[key]
 	m.mu.RUnlock()
@@ -101,6 +114,7 @@ func (m *memoryStore) Load(_ context.Context, key string) (*Session, bool, error
 }
 
 func (m *memoryStore) Save(_ context.Context, key string, s *Session, deadline time.Time) error {
+	m.ready()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if old, ok := m.sessions[key]; ok {
@@ -111,6 +125,7 @@ func (m *memoryStore) Save(_ context.Context, key string, s *Session, deadline t
 }
 
 func (m *memoryStore) Replace(_ context.Context, key string, s *Session, deadline time.Time) (bool, error) {
+	m.ready()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	old, ok := m.sessions[key]
@@ -129,6 +144,7 @@ func (m *memoryStore) putLocked(key string, s *Session, deadline time.Time) {
 }
 
 func (m *memoryStore) Delete(_ context.Context, key string) error {
+	m.ready()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.deleteLocked(key)
@@ -136,6 +152,7 @@ func (m *memoryStore) Delete(_ context.Context, key string) error {
 }
 
 func (m *memoryStore) DeleteByProviderSID(_ context.Context, sid, subject string) (int, error) {
+	m.ready()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	n := 0
@@ -150,6 +167,7 @@ func (m *memoryStore) DeleteByProviderSID(_ context.Context, sid, subject string
 }
 
 func (m *memoryStore) DeleteBySubject(_ context.Context, subject string) (int, error) {
+	m.ready()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	n := 0
@@ -161,6 +179,7 @@ func (m *memoryStore) DeleteBySubject(_ context.Context, subject string) (int, e
 }
 
 func (m *memoryStore) FirstUse(_ context.Context, key string, ttl time.Duration) (bool, error) {
+	m.ready()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	t := now()
@@ -176,6 +195,7 @@ func (m *memoryStore) countSessions(*http.Request) (int, error) { return m.count
 // count returns how many sessions are stored, expired or not (for the
 // admin API, the sessions gauge and the benchmarks).
 func (m *memoryStore) count() int {
+	m.ready()
 	m.mu.RLock()
 	defer m.mu.RUnlock()
 	return len(m.sessions)
@@ -204,7 +224,7 @@ func (m *memoryStore) sweepEvery(interval time.Duration) {
 			return
 		case <-t.C:
 			m.sweep()
-			if m.persist != nil && time.Since(lastSave) >= memoryPersistInterval {
+			if m.persist != nil && m.loaded.Load() && time.Since(lastSave) >= memoryPersistInterval {
 				lastSave = time.Now()
 				if err := m.save(); err != nil {
 					m.persist.logger.Error("saving sessions", zap.Error(err))
@@ -279,9 +299,11 @@ func (m *memoryStore) restore() error {
 		return fmt.Errorf("sessions saved in format %d, want %d", snap.Version, snapshotVersion)
 	}
 	t := now()
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	for _, e := range snap.Sessions {
 		if e.Session != nil && t.Before(e.Deadline) {
-			_ = m.Save(ctx, e.Key, e.Session, e.Deadline)
+			m.putLocked(e.Key, e.Session, e.Deadline)
 		}
 	}
 	for key, until := range snap.Used {
