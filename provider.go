@@ -44,7 +44,7 @@ type provider struct {
 	clientID   string
 	pkce       string // auto, on, off
 	clockSkew  time.Duration
-	timeout    time.Duration // of each call
+	timeout    time.Duration      // of each call
 	pinnedKeys []crypto.PublicKey // no discovery when set
 	client     *http.Client
 
