@@ -283,7 +283,10 @@ async function confirmLogout(ctx, sessionId, secret) {
   for (const c of res.headers.getSetCookie()) ctx.append('set-cookie', c);
   if (res.headers.get('location')) {
     ctx.body = null;
-    ctx.set('location', res.headers.get('location'));
+    // The internal request went to 127.0.0.1; the browser knows the issuer's host.
+    const internal = `http://127.0.0.1:${listenPort}`;
+    const location = res.headers.get('location');
+    ctx.set('location', location.startsWith(internal) ? ISSUER + location.slice(internal.length) : location);
   } else {
     ctx.type = res.headers.get('content-type') || 'text/html';
     ctx.body = await res.text();
