@@ -79,7 +79,9 @@ func (h *Handler) serveBackchannelLogout(w http.ResponseWriter, r *http.Request)
 		ended, err = h.store.DeleteBySubject(r.Context(), lt.Subject)
 	}
 	if err != nil {
-		// §2.8: if the logout failed, the RP must answer 400.
+		// §2.8: if the logout failed, the RP must answer 400. The token was
+		// not used: forget it, so that a retry of the same token can succeed.
+		_ = h.store.Forget(context.WithoutCancel(r.Context()), "logout:"+lt.replayKey)
 		return h.refuseLogout(w, http.StatusBadRequest, resultStoreError, fmt.Errorf("ending sessions: %w", err))
 	}
 	metrics.backchannel.WithLabelValues(resultSuccess).Inc()
@@ -91,12 +93,25 @@ func (h *Handler) serveBackchannelLogout(w http.ResponseWriter, r *http.Request)
 }
 
 // refuseLogout counts and logs why a notification was refused (never the
-// token) and answers with a JSON error.
+// token) and answers with a JSON error. The answer says what was wrong with
+// the request or token, but never internal details: store and network
+// errors (addresses, Redis messages) stay in the log.
 func (h *Handler) refuseLogout(w http.ResponseWriter, status int, result string, reason error) error {
 	metrics.backchannel.WithLabelValues(result).Inc()
 	h.logger.Warn("refusing back-channel logout", zap.Int("status", status), zap.String("reason", result), zap.Error(reason))
-	return writeLogoutError(w, status, "invalid_request", reason.Error())
+	description := reason.Error()
+	switch {
+	case result == resultStoreError:
+		description = "the sessions could not be ended; try again"
+	case errors.Is(reason, errLogoutKeysUnavailable):
+		description = "the provider's signing keys could not be checked"
+	}
+	return writeLogoutError(w, status, "invalid_request", description)
 }
+
+// errLogoutKeysUnavailable: the token could not be checked because the
+// provider (discovery, JWKS) did not answer.
+var errLogoutKeysUnavailable = errors.New("provider keys unavailable")
 
 func writeLogoutError(w http.ResponseWriter, status int, code, description string) error {
 	w.Header().Set("Content-Type", "application/json")
@@ -140,10 +155,13 @@ func (h *Handler) verifyLogoutToken(ctx context.Context, raw string) (*logoutTok
 	}
 	e, err := h.provider.get(ctx)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w: %v", errLogoutKeysUnavailable, err)
 	}
 	// §2.6 step 2: the signature, with Pliro's keys (JWKS or pinned).
 	payload, err := e.keys.VerifySignature(ctx, raw)
+	if errors.Is(err, errFetchingKeys) {
+		return nil, fmt.Errorf("%w: %v", errLogoutKeysUnavailable, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("verifying logout token signature: %w", err)
 	}

@@ -62,6 +62,9 @@ var protocolClaims = map[string]bool{
 	"email": true, "name": true, "plan": true, "plan_slugs": true,
 }
 
+// sessionClaims are the claims a session keeps in fields of its own.
+var sessionClaims = map[string]bool{"sub": true, "sid": true, "email": true, "name": true, "plan": true, "plan_slugs": true}
+
 // Bounds on what extra claims a session keeps, so a provider's large
 // claims cannot bloat every session.
 const (

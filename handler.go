@@ -57,22 +57,51 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			return nil
 		}
 		h.setIdentity(r, s)
-	case storeErr == nil && h.autoSignInDue(r) && h.startAutoSignIn(w, r):
+	case storeErr == nil && h.autoSignInDue(w, r) && h.startAutoSignIn(w, r):
 		return nil
 	default:
 		h.setIdentity(r, anonymous)
 	}
-	caddyhttp.SetVar(r.Context(), requestStateVar, &requestState{handler: h, session: s, key: key, storeErr: storeErr})
+	caddyhttp.SetVar(r.Context(), requestStateVar, &requestState{
+		handler: h, session: s, key: key, storeErr: storeErr,
+		signInCookies: removeSignInCookies(r),
+	})
 	return next.ServeHTTP(w, r)
+}
+
+// removeSignInCookies keeps the sign-in attempt cookies (up to 5 of 2 KiB,
+// for 10 minutes) from riding to the upstream on every request, where they
+// mean nothing and could push the Cookie header past its line limit. It
+// returns them, for pliro_require's sign-in further down the route.
+func removeSignInCookies(r *http.Request) []*http.Cookie {
+	if !strings.Contains(r.Header.Get("Cookie"), signInCookieBase) {
+		return nil
+	}
+	var kept []string
+	var removed []*http.Cookie
+	for _, c := range r.Cookies() {
+		if strings.Contains(c.Name, signInCookieBase) {
+			removed = append(removed, c)
+		} else {
+			kept = append(kept, c.String())
+		}
+	}
+	if len(kept) == 0 {
+		r.Header.Del("Cookie")
+	} else {
+		r.Header.Set("Cookie", strings.Join(kept, "; "))
+	}
+	return removed
 }
 
 // requestState is what ServeHTTP learned, kept in the request's vars for
 // pliro_require further down the route.
 type requestState struct {
-	handler  *Handler
-	session  *Session // nil: anonymous
-	key      string   // store key of the session cookie, if any
-	storeErr error
+	handler       *Handler
+	session       *Session // nil: anonymous
+	key           string   // store key of the session cookie, if any
+	storeErr      error
+	signInCookies []*http.Cookie // attempt cookies, kept from the upstream
 }
 
 const requestStateVar = "pliro.request"
@@ -154,6 +183,12 @@ func (h *Handler) serveCallback(w http.ResponseWriter, r *http.Request) error {
 		return methodNotAllowed(w, http.MethodGet)
 	}
 	silent, result, err := h.finishSignIn(w, r)
+	if silent && err != nil && result != resultBadState && result != resultStoreError {
+		// A silent attempt is a detour the visitor never asked for: when it
+		// fails, they get the page they were going to, not an error.
+		h.logger.Info("silent sign-in failed; continuing", zap.String("reason", result), zap.Error(err))
+		err = nil
+	}
 	if silent {
 		metrics.silentReauths.WithLabelValues(result).Inc()
 	} else {
@@ -170,6 +205,13 @@ func (h *Handler) serveCallback(w http.ResponseWriter, r *http.Request) error {
 func (h *Handler) finishSignIn(w http.ResponseWriter, r *http.Request) (silent bool, result string, err error) {
 	q := r.URL.Query()
 	a, err := h.takeSignInAttempt(w, r, q.Get("state"))
+	if err == nil && a.Silent {
+		defer func() {
+			if err != nil && result != resultBadState && result != resultStoreError {
+				http.Redirect(w, r, a.ReturnTo, http.StatusSeeOther)
+			}
+		}()
+	}
 	if err != nil {
 		if errors.Is(err, errNoSignInAttempt) || errors.Is(err, errSignInAttemptExpired) {
 			return false, resultBadState, caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("sign-in callback: %w", err))

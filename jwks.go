@@ -26,6 +26,9 @@ var signingAlgs = []jose.SignatureAlgorithm{jose.ES256, jose.RS256}
 
 var signingAlgNames = []string{string(jose.ES256), string(jose.RS256)}
 
+// errFetchingKeys: the JWKS could not be fetched.
+var errFetchingKeys = errors.New("fetching the provider's signing keys")
+
 // jwksMinRefetch bounds how often Pliro's JWKS is fetched: a token with an
 // unknown key ID (Pliro rotated its key, or somebody sends junk) triggers a
 // refetch at most once per interval, so a flood of forged tokens cannot make
@@ -86,12 +89,12 @@ func (k *remoteKeys) refresh(ctx context.Context, seen time.Time) ([]jose.JSONWe
 	if last.After(seen) || (!last.IsZero() && now().Sub(last) < jwksMinRefetch) {
 		return keys, nil
 	}
-	fetched, err := k.fetch(ctx)
+	fetched, err := k.fetch(context.WithoutCancel(ctx)) // bounded by the client timeout
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	k.lastAttempt = now()
 	if err != nil {
-		return k.keys, fmt.Errorf("fetching the provider's signing keys: %w", err)
+		return k.keys, fmt.Errorf("%w: %v", errFetchingKeys, err)
 	}
 	k.keys = fetched
 	return fetched, nil

@@ -350,7 +350,12 @@ func TestAutoSignInOnceNeverLoops(t *testing.T) {
 	p := newTestProvider(t)
 	site := startCaddy(t, paywallSite(p, "auto_sign_in 1h"))
 
+	// The first navigation only learns that the browser keeps cookies; the
+	// second signs in.
 	b := newBrowser(t)
+	if resp, visited := b.navigate(site.base + "/news"); resp.body != "public: [] plan=[]" || len(visited) != 1 {
+		t.Fatalf("first navigation: %q via %v", resp.body, visited)
+	}
 	resp, _ := b.navigate(site.base + "/news")
 	if resp.body != "public: ["+testSubject+"] plan=[premium]" {
 		t.Fatalf("signed in to Pliro: %q", resp.body)
@@ -358,6 +363,7 @@ func TestAutoSignInOnceNeverLoops(t *testing.T) {
 
 	p.set(func(p *testProvider) { p.signedIn = false })
 	anon := newBrowser(t)
+	anon.navigate(site.base + "/news")
 	resp, visited := anon.navigate(site.base + "/news")
 	if resp.body != "public: [] plan=[]" || len(visited) != 4 {
 		t.Fatalf("not signed in to Pliro: %q via %v", resp.body, visited)

@@ -109,7 +109,8 @@ func (p *provider) learn(ctx context.Context) (*endpoints, error) {
 			pkce:       p.pkce == "on",
 		}, &oidc.StaticKeySet{PublicKeys: p.pinnedKeys}), nil
 	}
-	ctx, cancel := context.WithTimeout(withEndpoint(ctx, endpointDiscovery), p.timeout)
+	// Shared result: one visitor hanging up must not fail it for everyone.
+	ctx, cancel := context.WithTimeout(withEndpoint(context.WithoutCancel(ctx), endpointDiscovery), p.timeout)
 	defer cancel()
 	// go-oidc fetches the discovery document and checks that its issuer is
 	// exactly ours (OIDC Discovery 1.0 §4.3), which stops a mix-up with

@@ -89,6 +89,9 @@ func (rq *Require) Validate() error {
 		if len(values) == 0 {
 			return fmt.Errorf("claim %q needs at least one value", name)
 		}
+		if protocolClaims[name] && !sessionClaims[name] {
+			return fmt.Errorf("claim %q is about the token, not the customer, and is not kept: use sub, sid, email, name, plan, plan_slugs or a custom claim", name)
+		}
 	}
 	return nil
 }

@@ -82,6 +82,8 @@ type Store interface {
 	// FirstUse records that key was used, for ttl, and reports whether this
 	// is its first use: the replay cache for sign-in states and logout tokens.
 	FirstUse(ctx context.Context, key string, ttl time.Duration) (bool, error)
+	// Forget undoes FirstUse for key (the use did not happen).
+	Forget(ctx context.Context, key string) error
 }
 
 // sessionIDBytes is the entropy of a session ID: 256 bits, as scs does.

@@ -68,6 +68,10 @@ func (h *Handler) loadSharedState(ctx caddy.Context) (*sharedState, error) {
 		if err := cfg.validate(); err != nil {
 			return nil, fmt.Errorf("store redis: %w", err)
 		}
+		// Sessions, replay cache and sealing key of one issuer and client
+		// only: a session of another publication must never open this one.
+		t := sha256.Sum256([]byte(h.Issuer + "\x00" + h.ClientID))
+		cfg.tenant = hex.EncodeToString(t[:8]) + ":"
 		redisCfg = &cfg
 		b, _ := json.Marshal(cfg)
 		identity = append(identity, "redis", string(b))

@@ -140,8 +140,12 @@ func (h *Handler) pruneSignInAttempts(w http.ResponseWriter, r *http.Request, s 
 		name   string
 		issued int64
 	}
+	cookies := r.Cookies()
+	if st := requestStateOf(r); st != nil {
+		cookies = st.signInCookies // the request's own were removed for the upstream
+	}
 	var attempts []held
-	for _, c := range r.Cookies() {
+	for _, c := range cookies {
 		if !strings.HasPrefix(c.Name, prefix) {
 			continue
 		}

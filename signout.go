@@ -5,6 +5,7 @@ import (
 	"html/template"
 	"net/http"
 	"net/url"
+	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
@@ -47,16 +48,25 @@ func (h *Handler) serveSignOut(w http.ResponseWriter, r *http.Request) error {
 		return caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("reading sign-out form: %w", err))
 	}
 
-	s, key, err := h.loadSession(r)
-	if err != nil {
-		return caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("signing out: %w", err))
+	// Sign-out must work even while the session store is down: the cookie
+	// goes, and so does Pliro's session (whose back-channel notification
+	// ends this one once the store is back); a reader at a shared computer
+	// is never left signed in.
+	s, key, loadErr := h.loadSession(r)
+	if loadErr != nil {
+		h.logger.Warn("signing out while the session store is unreachable", zap.Error(loadErr))
 	}
 	if key != "" {
 		if err := h.store.Delete(r.Context(), key); err != nil {
-			return caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("ending session: %w", err))
+			h.logger.Warn("ending session: the store is unreachable; clearing the cookie anyway", zap.Error(err))
 		}
 	}
 	h.clearSessionCookie(w, r)
+	if h.AutoSignIn > 0 {
+		// Signed out means signed out: no silent sign-in straight back in
+		// while Pliro's session may still be alive.
+		setCookie(w, r, cookieName(r, autoSignInCookie), "1", int(time.Duration(h.AutoSignIn).Seconds()))
+	}
 
 	target, ok := safeReturnTo(r.PostForm.Get("return_to"))
 	if !ok {
@@ -66,14 +76,14 @@ func (h *Handler) serveSignOut(w http.ResponseWriter, r *http.Request) error {
 		metrics.signOuts.Inc()
 		h.logger.Info("customer signed out", zap.String("customer_id", s.Subject))
 		h.events.emit(eventSignedOut, map[string]any{"customer_id": s.Subject, "sid": s.ProviderSID})
-		if h.endProviderSession() {
-			if u, err := h.endSessionURL(r, s); err == nil {
-				target = u
-			} else {
-				// Pliro is unreachable: the local sign-out stands; the
-				// customer lands on the local page.
-				h.logger.Warn("skipping sign-out at the provider", zap.Error(err))
-			}
+	}
+	if (s != nil || loadErr != nil) && h.endProviderSession() {
+		if u, err := h.endSessionURL(r, s); err == nil {
+			target = u
+		} else {
+			// Pliro is unreachable: the local sign-out stands; the
+			// customer lands on the local page.
+			h.logger.Warn("skipping sign-out at the provider", zap.Error(err))
 		}
 	}
 	http.Redirect(w, r, target, http.StatusSeeOther)
@@ -82,8 +92,9 @@ func (h *Handler) serveSignOut(w http.ResponseWriter, r *http.Request) error {
 
 // endSessionURL is Pliro's end_session endpoint with the parameters of
 // RP-Initiated Logout 1.0 §2: id_token_hint (the latest ID token, so that
-// Pliro ends the session without asking), client_id, and
-// post_logout_redirect_uri (which Pliro honours only if registered, §3).
+// Pliro ends the session without asking; none when the session could not
+// be read, and Pliro asks), client_id, and post_logout_redirect_uri (which
+// Pliro honours only if registered, §3).
 func (h *Handler) endSessionURL(r *http.Request, s *Session) (string, error) {
 	e, err := h.provider.get(r.Context())
 	if err != nil {
@@ -95,7 +106,7 @@ func (h *Handler) endSessionURL(r *http.Request, s *Session) (string, error) {
 	}
 	q := u.Query()
 	q.Set("client_id", h.ClientID)
-	if s.IDToken != "" {
+	if s != nil && s.IDToken != "" {
 		q.Set("id_token_hint", s.IDToken)
 	}
 	q.Set("post_logout_redirect_uri", h.absoluteURL(r, h.PostLogoutRedirectURI))

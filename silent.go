@@ -23,8 +23,10 @@ const (
 	// minReauthGap keeps silent re-authentications of one session at least
 	// this far apart, whatever goes wrong: never a redirect loop.
 	minReauthGap = time.Minute
-	// autoSignInCookie marks a browser that had its auto sign-in attempt.
+	// autoSignInCookie marks a browser that had its auto sign-in attempt
+	// ("1"), or that is known to keep cookies and may have one (the probe).
 	autoSignInCookie = "pliro_auto"
+	autoSignInProbe  = "probe"
 )
 
 // keepFresh keeps a signed-in customer's claims current. It returns the
@@ -148,14 +150,22 @@ func (h *Handler) silentSignInRefused(w http.ResponseWriter, r *http.Request, a 
 
 // autoSignInDue: auto sign-in is on, this is a browser's top-level
 // navigation that says so with Fetch Metadata (crawlers, which send none,
-// are never redirected), and this browser has not had its attempt within
-// the auto_sign_in period.
-func (h *Handler) autoSignInDue(r *http.Request) bool {
+// are never redirected), the browser keeps cookies, and it has not had its
+// attempt within the auto_sign_in period. Whether it keeps cookies is
+// learned on its first navigation, which only sets a probe cookie: a
+// browser that keeps none (private modes, preview bots) would otherwise be
+// sent to Pliro on every page, and its callbacks would find no attempt.
+func (h *Handler) autoSignInDue(w http.ResponseWriter, r *http.Request) bool {
 	if h.AutoSignIn <= 0 || r.Header.Get("Sec-Fetch-Mode") != "navigate" || !isTopLevelNavigation(r) {
 		return false
 	}
-	_, err := r.Cookie(cookieName(r, autoSignInCookie))
-	return err != nil
+	name := cookieName(r, autoSignInCookie)
+	c, err := r.Cookie(name)
+	if err != nil {
+		setCookie(w, r, name, autoSignInProbe, int(time.Duration(h.AutoSignIn).Seconds()))
+		return false
+	}
+	return c.Value == autoSignInProbe
 }
 
 // startAutoSignIn tries a silent sign-in for an anonymous visitor who may

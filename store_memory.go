@@ -27,20 +27,28 @@ type memoryStore struct {
 	bySID    map[string]map[string]struct{} // Pliro sid -> session keys
 	bySub    map[string]map[string]struct{} // subject -> session keys
 	used     map[string]time.Time           // replay cache: key -> forget after
+	ended    map[string]time.Time           // ended since the last snapshot: key -> its deadline
 
-	persist  *persistence // nil: memory only
-	loadOnce sync.Once    // the snapshot is read on first use, not at provision
-	loaded   atomic.Bool  // and written back only if it was read
-	stop     chan struct{}
-	stopped  chan struct{}
+	persist *persistence // nil: memory only
+	endedMu sync.Mutex   // one write of the ended list at a time
+	loadMu  sync.Mutex   // the snapshot is read on first use, not at provision
+	retryAt time.Time    // after a failed read
+	loaded  atomic.Bool  // and written back only if it was read
+	stop    chan struct{}
+	stopped chan struct{}
 }
 
-// persistence is where a memory store keeps its snapshot.
+// persistence is where a memory store keeps its snapshot: the sessions
+// under key, written every few minutes, and the sessions ended since then
+// under key+".ended", written at once at every sign-out, so that a crash
+// never brings an ended session back.
 type persistence struct {
 	storage certmagic.Storage
 	key     string
 	logger  *zap.Logger
 }
+
+func (p *persistence) endedKey() string { return p.key + ".ended" }
 
 type memoryEntry struct {
 	session  *Session
@@ -68,6 +76,7 @@ func newMemoryStoreWith(p *persistence) *memoryStore {
 		bySID:    make(map[string]map[string]struct{}),
 		bySub:    make(map[string]map[string]struct{}),
 		used:     make(map[string]time.Time),
+		ended:    make(map[string]time.Time),
 		persist:  p,
 		stop:     make(chan struct{}),
 		stopped:  make(chan struct{}),
@@ -76,18 +85,26 @@ func newMemoryStoreWith(p *persistence) *memoryStore {
 	return m
 }
 
-// ready reads the snapshot, once, before the store is first used.
+// ready reads the snapshot before the store is first used. A snapshot that
+// could not be read (storage unreachable) is retried later and, until then,
+// never overwritten: one hiccup at start must not sign everyone out.
 func (m *memoryStore) ready() {
-	m.loadOnce.Do(func() {
-		if m.persist != nil {
-			if err := m.restore(); err != nil {
-				// A broken snapshot must not keep the site from serving:
-				// the customers sign in again.
-				m.persist.logger.Error("reading saved sessions; starting without them", zap.Error(err))
-			}
+	if m.loaded.Load() {
+		return
+	}
+	m.loadMu.Lock()
+	defer m.loadMu.Unlock()
+	if m.loaded.Load() || time.Now().Before(m.retryAt) {
+		return
+	}
+	if m.persist != nil {
+		if err := m.restore(); err != nil {
+			m.persist.logger.Error("reading saved sessions; will retry", zap.Error(err))
+			m.retryAt = time.Now().Add(10 * time.Second)
+			return
 		}
-		m.loaded.Store(true)
-	})
+	}
+	m.loaded.Store(true)
 }
 
 // Destruct stops the sweeper and writes the snapshot; the UsagePool calls
@@ -146,35 +163,36 @@ func (m *memoryStore) putLocked(key string, s *Session, deadline time.Time) {
 func (m *memoryStore) Delete(_ context.Context, key string) error {
 	m.ready()
 	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.deleteLocked(key)
+	n := m.endLocked(key)
+	m.mu.Unlock()
+	m.persistEnded(n)
 	return nil
 }
 
 func (m *memoryStore) DeleteByProviderSID(_ context.Context, sid, subject string) (int, error) {
 	m.ready()
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	n := 0
 	for key := range m.bySID[sid] {
 		if subject != "" && m.sessions[key].session.Subject != subject {
 			continue
 		}
-		m.deleteLocked(key)
-		n++
+		n += m.endLocked(key)
 	}
+	m.mu.Unlock()
+	m.persistEnded(n)
 	return n, nil
 }
 
 func (m *memoryStore) DeleteBySubject(_ context.Context, subject string) (int, error) {
 	m.ready()
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	n := 0
 	for key := range m.bySub[subject] {
-		m.deleteLocked(key)
-		n++
+		n += m.endLocked(key)
 	}
+	m.mu.Unlock()
+	m.persistEnded(n)
 	return n, nil
 }
 
@@ -190,6 +208,14 @@ func (m *memoryStore) FirstUse(_ context.Context, key string, ttl time.Duration)
 	return true, nil
 }
 
+func (m *memoryStore) Forget(_ context.Context, key string) error {
+	m.ready()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.used, key)
+	return nil
+}
+
 func (m *memoryStore) countSessions(*http.Request) (int, error) { return m.count(), nil }
 
 // count returns how many sessions are stored, expired or not (for the
@@ -199,6 +225,47 @@ func (m *memoryStore) count() int {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
 	return len(m.sessions)
+}
+
+// endLocked ends a session (sign-out, logout) and, with persistence,
+// remembers it as ended until the next snapshot. It returns 1 if there was
+// a session to end.
+func (m *memoryStore) endLocked(key string) int {
+	e, ok := m.sessions[key]
+	if !ok {
+		return 0
+	}
+	m.deleteLocked(key)
+	if m.persist != nil {
+		m.ended[key] = e.deadline
+	}
+	return 1
+}
+
+// persistEnded writes the list of sessions ended since the last snapshot,
+// when n sessions were just ended. A failure is logged: the sign-out holds
+// in memory regardless.
+func (m *memoryStore) persistEnded(n int) {
+	if n == 0 || m.persist == nil {
+		return
+	}
+	if err := m.writeEnded(); err != nil {
+		m.persist.logger.Error("saving ended sessions", zap.Error(err))
+	}
+}
+
+func (m *memoryStore) writeEnded() error {
+	m.endedMu.Lock()
+	defer m.endedMu.Unlock()
+	m.mu.RLock()
+	b, err := json.Marshal(m.ended)
+	m.mu.RUnlock()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return m.persist.storage.Store(ctx, m.persist.endedKey(), b)
 }
 
 func (m *memoryStore) deleteLocked(key string) {
@@ -266,6 +333,10 @@ func (m *memoryStore) save() error {
 			snap.Used[key] = until
 		}
 	}
+	endedBefore := make([]string, 0, len(m.ended))
+	for key := range m.ended {
+		endedBefore = append(endedBefore, key)
+	}
 	m.mu.RUnlock()
 	b, err := json.Marshal(snap)
 	if err != nil {
@@ -276,7 +347,14 @@ func (m *memoryStore) save() error {
 	if err := m.persist.storage.Store(ctx, m.persist.key, b); err != nil {
 		return fmt.Errorf("writing sessions to storage: %w", err)
 	}
-	return nil
+	// The snapshot leaves out what ended before it; what ended since must
+	// stay listed.
+	m.mu.Lock()
+	for _, key := range endedBefore {
+		delete(m.ended, key)
+	}
+	m.mu.Unlock()
+	return m.writeEnded()
 }
 
 // restore loads the snapshot, if there is one, dropping what expired while
@@ -292,11 +370,17 @@ func (m *memoryStore) restore() error {
 		return fmt.Errorf("reading sessions from storage: %w", err)
 	}
 	var snap memorySnapshot
-	if err := json.Unmarshal(b, &snap); err != nil {
-		return fmt.Errorf("decoding sessions: %w", err)
+	if err := json.Unmarshal(b, &snap); err != nil || snap.Version != snapshotVersion {
+		// A file this version cannot read would block persistence for
+		// ever if retried: start empty (customers sign in again).
+		m.persist.logger.Error("discarding unreadable saved sessions", zap.Int("version", snap.Version), zap.Error(err))
+		return nil
 	}
-	if snap.Version != snapshotVersion {
-		return fmt.Errorf("sessions saved in format %d, want %d", snap.Version, snapshotVersion)
+	var ended map[string]time.Time
+	if b, err := m.persist.storage.Load(ctx, m.persist.endedKey()); err == nil {
+		_ = json.Unmarshal(b, &ended)
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("reading ended sessions from storage: %w", err)
 	}
 	t := now()
 	m.mu.Lock()
@@ -309,6 +393,14 @@ func (m *memoryStore) restore() error {
 	for key, until := range snap.Used {
 		if t.Before(until) {
 			m.used[key] = until
+		}
+	}
+	// Sessions ended after that snapshot stay ended, and listed until the
+	// next one.
+	for key, deadline := range ended {
+		m.deleteLocked(key)
+		if t.Before(deadline) {
+			m.ended[key] = deadline
 		}
 	}
 	return nil
@@ -327,6 +419,11 @@ func (m *memoryStore) sweep() {
 	for key, until := range m.used {
 		if !t.Before(until) {
 			delete(m.used, key)
+		}
+	}
+	for key, deadline := range m.ended {
+		if !t.Before(deadline) {
+			delete(m.ended, key)
 		}
 	}
 }

@@ -88,6 +88,10 @@ type RedisStoreConfig struct {
 	// drops its copy at once; the TTL bounds staleness should a message be
 	// lost. At most 1s. A negative value turns the cache off. Default: 500ms.
 	LocalCacheTTL caddy.Duration `json:"local_cache_ttl,omitempty"`
+
+	// tenant separates the keys of different issuers and clients that share
+	// one Redis and key_prefix; set by the handler, never configured.
+	tenant string
 }
 
 // Defaults and limits of the Redis store.
@@ -330,7 +334,7 @@ func newRedisStore(cfg RedisStoreConfig, logger *zap.Logger) (*redisStore, error
 	s := &redisStore{
 		client:      redis.NewUniversalClient(cfg.universalOptions()),
 		logger:      logger,
-		base:        "{" + cfg.KeyPrefix + "}",
+		base:        "{" + cfg.KeyPrefix + "}" + cfg.tenant,
 		channel:     cfg.KeyPrefix + "invalidate",
 		opTimeout:   time.Duration(cfg.DialTimeout) + time.Duration(cfg.ReadTimeout),
 		ctx:         ctx,
@@ -553,6 +557,12 @@ func (s *redisStore) FirstUse(ctx context.Context, key string, ttl time.Duration
 	return first, nil
 }
 
+func (s *redisStore) Forget(ctx context.Context, key string) error {
+	ctx, cancel := s.op(ctx)
+	defer cancel()
+	return s.client.Del(ctx, s.base+"u:"+key).Err()
+}
+
 // SealingKey returns the 32-byte key that seals sign-in cookies, the same
 // on every instance that uses this Redis and key prefix: the first instance
 // to ask stores a random key (SET NX, no expiry) and everyone reads that
@@ -709,9 +719,10 @@ func (s *redisStore) subscribeOnce(recovering bool) (wasLive bool, err error) {
 
 // redisLocalCache holds sessions read from Redis for a short while. Only
 // sessions that were found are cached, so a sign-in on another instance is
-// seen at once. An invalidation leaves a tombstone with a generation
-// number, so that a read that started before the invalidation cannot put
-// the old value back when it finishes.
+// seen at once. Every invalidation bumps a generation number, and a read
+// from Redis is cached only if no invalidation at all happened while it was
+// under way: a read that started before a sign-out can never put the old
+// session back, however slow Redis was.
 type redisLocalCache struct {
 	ttl time.Duration
 	max int
@@ -719,15 +730,13 @@ type redisLocalCache struct {
 	mu        sync.RWMutex
 	entries   map[string]redisCacheEntry
 	gen       uint64 // counts invalidations and flushes
-	flushGen  uint64 // gen at the last flush
 	lastSweep time.Time
 }
 
 type redisCacheEntry struct {
-	session  *Session  // nil for a tombstone
+	session  *Session
 	deadline time.Time // the session's
 	expires  time.Time // when the entry stops being used
-	gen      uint64    // a tombstone's generation
 }
 
 func newRedisLocalCache(ttl time.Duration, max int) *redisLocalCache {
@@ -738,7 +747,7 @@ func (c *redisLocalCache) get(key string) (*Session, time.Time, bool) {
 	c.mu.RLock()
 	e, ok := c.entries[key]
 	c.mu.RUnlock()
-	if !ok || e.session == nil || !time.Now().Before(e.expires) {
+	if !ok || !time.Now().Before(e.expires) {
 		return nil, time.Time{}, false
 	}
 	return e.session, e.deadline, true
@@ -751,15 +760,13 @@ func (c *redisLocalCache) generation() uint64 {
 	return c.gen
 }
 
-// put caches s unless key was invalidated, or the cache flushed, since gen.
+// put caches s unless anything was invalidated, or the cache flushed,
+// since gen.
 func (c *redisLocalCache) put(key string, s *Session, deadline time.Time, gen uint64) {
 	t := time.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if gen < c.flushGen {
-		return
-	}
-	if e, ok := c.entries[key]; ok && e.session == nil && e.gen > gen {
+	if gen != c.gen {
 		return
 	}
 	c.makeRoomLocked(t)
@@ -767,12 +774,10 @@ func (c *redisLocalCache) put(key string, s *Session, deadline time.Time, gen ui
 }
 
 func (c *redisLocalCache) invalidate(key string) {
-	t := time.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.gen++
-	c.makeRoomLocked(t)
-	c.entries[key] = redisCacheEntry{expires: t.Add(c.ttl), gen: c.gen}
+	delete(c.entries, key)
 }
 
 // flush empties the cache.
@@ -783,7 +788,6 @@ func (c *redisLocalCache) flush() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.gen++
-	c.flushGen = c.gen
 	clear(c.entries)
 }
 
