@@ -56,16 +56,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		if redirected {
 			return nil
 		}
-		h.setIdentity(r, s)
 	case storeErr == nil && h.autoSignInDue(w, r) && h.startAutoSignIn(w, r):
 		return nil
-	default:
-		h.setIdentity(r, anonymous)
 	}
-	caddyhttp.SetVar(r.Context(), requestStateVar, &requestState{
+	st := &requestState{
 		handler: h, session: s, key: key, storeErr: storeErr,
 		signInCookies: removeSignInCookies(r),
-	})
+	}
+	h.setIdentity(r, st)
+	caddyhttp.SetVar(r.Context(), requestStateVar, st)
 	return next.ServeHTTP(w, r)
 }
 

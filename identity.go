@@ -8,26 +8,57 @@ import (
 )
 
 // anonymous is the identity of a visitor without a session: every
-// placeholder set, and empty, so that templates and responses render
-// nothing rather than the placeholder itself.
+// placeholder answered, and empty.
 var anonymous = &Session{}
 
 // setIdentity tells the rest of the route who the customer is: through
 // placeholders, which Caddy's access log (user_id), templates, matchers and
 // header_up read, and, when configured, through request headers. For an
-// anonymous visitor (s == anonymous) the placeholders are empty and no
-// header is set.
-func (h *Handler) setIdentity(r *http.Request, s *Session) {
-	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	if repl != nil {
-		repl.Set(identityPlaceholderPrefix+"id", s.Subject)
-		repl.Set(identityPlaceholderPrefix+"email", s.Email)
-		repl.Set(identityPlaceholderPrefix+"name", s.Name)
-		repl.Set(identityPlaceholderPrefix+"plan", s.Plan)
-		repl.Set(identityPlaceholderPrefix+"plan_slugs", strings.Join(s.PlanSlugs, ","))
-		repl.Set(identityPlaceholderPrefix+"sid", s.ProviderSID)
+// anonymous visitor (st.session == nil) the placeholders are empty, so that
+// templates and responses render nothing rather than the placeholder
+// itself, and no header is set.
+//
+// The placeholders are answered from st when they are read, so a later
+// change of st.session (pliro_require's refresh) shows in them, and a
+// request costs one replacer entry rather than six values in its map.
+func (h *Handler) setIdentity(r *http.Request, st *requestState) {
+	if repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); repl != nil {
+		repl.Map(st.placeholder)
 	}
-	if p := h.IdentityHeaderPrefix; p != "" && s != anonymous {
+	h.setIdentityHeaders(r, st.session)
+}
+
+// placeholder answers {http.auth.user.*} for this request's customer.
+func (st *requestState) placeholder(key string) (any, bool) {
+	field, ok := strings.CutPrefix(key, identityPlaceholderPrefix)
+	if !ok {
+		return nil, false
+	}
+	s := st.session
+	if s == nil {
+		s = anonymous
+	}
+	switch field {
+	case "id":
+		return s.Subject, true
+	case "email":
+		return s.Email, true
+	case "name":
+		return s.Name, true
+	case "plan":
+		return s.Plan, true
+	case "plan_slugs":
+		return strings.Join(s.PlanSlugs, ","), true
+	case "sid":
+		return s.ProviderSID, true
+	}
+	return nil, false
+}
+
+// setIdentityHeaders passes a signed-in customer to the upstream in the
+// identity headers, when configured.
+func (h *Handler) setIdentityHeaders(r *http.Request, s *Session) {
+	if p := h.IdentityHeaderPrefix; p != "" && s != nil {
 		r.Header[http.CanonicalHeaderKey(p+"Id")] = []string{headerSafe(s.Subject)}
 		r.Header[http.CanonicalHeaderKey(p+"Email")] = []string{headerSafe(s.Email)}
 		r.Header[http.CanonicalHeaderKey(p+"Name")] = []string{headerSafe(s.Name)}

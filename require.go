@@ -123,8 +123,8 @@ func (rq *Require) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyh
 		h.logger.Debug("refreshing denied customer", zap.Error(err))
 	}
 	if fresh != s {
-		st.session = fresh
-		h.setIdentity(r, fresh)
+		st.session = fresh // the placeholders follow
+		h.setIdentityHeaders(r, fresh)
 		if rq.allows(fresh) {
 			return next.ServeHTTP(w, r)
 		}

@@ -6,6 +6,8 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"net/http"
+	"net/textproto"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -101,22 +103,48 @@ func newSessionID() (cookieValue, key string) {
 // storeKey is the store key for a session cookie value: its SHA-256, so the
 // store never holds a value that could be replayed as a cookie.
 func storeKey(cookieValue string) string {
-	sum := sha256.Sum256([]byte(cookieValue))
-	return base64.RawURLEncoding.EncodeToString(sum[:])
+	// On the request path: the stack buffers spare two allocations.
+	var in [64]byte
+	sum := sha256.Sum256(append(in[:0], cookieValue...))
+	var out [43]byte // base64.RawURLEncoding.EncodedLen(sha256.Size)
+	base64.RawURLEncoding.Encode(out[:], sum[:])
+	return string(out[:])
 }
 
 // sessionKeyFromRequest returns the store key named by the request's session
 // cookie, or false when there is no well-formed one. A cookie that is not
 // exactly an encoded 32-byte ID is ignored unread: it cannot be ours.
 func (h *Handler) sessionKeyFromRequest(r *http.Request) (string, bool) {
-	c, err := r.Cookie(h.sessionCookieName(r))
-	if err != nil || len(c.Value) != base64.RawURLEncoding.EncodedLen(sessionIDBytes) {
-		return "", false
+	name := h.sessionCookieName(r)
+	// The Cookie header is scanned in place: net/http's Request.Cookie
+	// parses every cookie of the request into a new slice, and this runs on
+	// every request.
+	for _, line := range r.Header["Cookie"] {
+		for line != "" {
+			var part string
+			part, line, _ = strings.Cut(line, ";")
+			value, ok := strings.CutPrefix(textproto.TrimString(part), name)
+			if ok && len(value) > 0 && value[0] == '=' && isSessionID(value[1:]) {
+				return storeKey(value[1:]), true
+			}
+		}
 	}
-	if _, err := base64.RawURLEncoding.DecodeString(c.Value); err != nil {
-		return "", false
+	return "", false
+}
+
+// isSessionID reports whether v is a session ID as newSessionID makes them:
+// 32 bytes in unpadded base64url.
+func isSessionID(v string) bool {
+	if len(v) != base64.RawURLEncoding.EncodedLen(sessionIDBytes) {
+		return false
 	}
-	return storeKey(c.Value), true
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		if !('A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
 }
 
 // deadline is when s ends: after idle_timeout without a visit, and at the

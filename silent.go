@@ -3,6 +3,7 @@ package pliro
 import (
 	"net/http"
 	"net/url"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -34,11 +35,12 @@ const (
 // request itself (silent re-authentication, or the clean URL after a
 // recheck).
 func (h *Handler) keepFresh(w http.ResponseWriter, r *http.Request, key string, s *Session) (*Session, bool) {
-	top := isTopLevelNavigation(r)
-	if top && r.URL.Query().Has(recheckParam) {
+	// The cheap tests first: most requests are neither marked nor due for
+	// re-authentication, and then the headers need not be read.
+	if strings.Contains(r.URL.RawQuery, recheckParam) && isTopLevelNavigation(r) && r.URL.Query().Has(recheckParam) {
 		return h.recheckAfterCheckout(w, r, key, s), true
 	}
-	if top && h.reauthDue(s) && h.startSilentReauth(w, r, key, s, originalRequestURI(r)) {
+	if h.reauthDue(s) && isTopLevelNavigation(r) && h.startSilentReauth(w, r, key, s, originalRequestURI(r)) {
 		return s, true
 	}
 	if h.RefreshInterval > 0 && now().Sub(s.ClaimsAt) >= time.Duration(h.RefreshInterval) {

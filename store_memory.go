@@ -24,10 +24,10 @@ import (
 type memoryStore struct {
 	mu       sync.RWMutex
 	sessions map[string]memoryEntry
-	bySID    map[string]map[string]struct{} // Pliro sid -> session keys
-	bySub    map[string]map[string]struct{} // subject -> session keys
-	used     map[string]time.Time           // replay cache: key -> forget after
-	ended    map[string]time.Time           // ended since the last snapshot: key -> its deadline
+	bySID    map[string]keySet    // Pliro sid -> session keys
+	bySub    map[string]keySet    // subject -> session keys
+	used     map[string]time.Time // replay cache: key -> forget after
+	ended    map[string]time.Time // ended since the last snapshot: key -> its deadline
 
 	persist *persistence // nil: memory only
 	endedMu sync.Mutex   // one write of the ended list at a time
@@ -73,8 +73,8 @@ func newMemoryStore() *memoryStore { return newMemoryStoreWith(nil) }
 func newMemoryStoreWith(p *persistence) *memoryStore {
 	m := &memoryStore{
 		sessions: make(map[string]memoryEntry),
-		bySID:    make(map[string]map[string]struct{}),
-		bySub:    make(map[string]map[string]struct{}),
+		bySID:    make(map[string]keySet),
+		bySub:    make(map[string]keySet),
 		used:     make(map[string]time.Time),
 		ended:    make(map[string]time.Time),
 		persist:  p,
@@ -173,7 +173,7 @@ func (m *memoryStore) DeleteByProviderSID(_ context.Context, sid, subject string
 	m.ready()
 	m.mu.Lock()
 	n := 0
-	for key := range m.bySID[sid] {
+	for _, key := range m.bySID[sid].list() {
 		if subject != "" && m.sessions[key].session.Subject != subject {
 			continue
 		}
@@ -188,7 +188,7 @@ func (m *memoryStore) DeleteBySubject(_ context.Context, subject string) (int, e
 	m.ready()
 	m.mu.Lock()
 	n := 0
-	for key := range m.bySub[subject] {
+	for _, key := range m.bySub[subject].list() {
 		n += m.endLocked(key)
 	}
 	m.mu.Unlock()
@@ -428,24 +428,69 @@ func (m *memoryStore) sweep() {
 	}
 }
 
-func addToIndex(index map[string]map[string]struct{}, value, key string) {
+// keySet is the store keys of one sid or subject. Nearly always there is
+// one (a customer signed in on one device), held without a map of its own:
+// a map for a single key would cost some 400 bytes per session, in each of
+// the two indexes.
+type keySet struct {
+	one  string              // a key, "" for none
+	more map[string]struct{} // the others, nil for none
+}
+
+// list returns the keys, in a slice of their own: the caller may delete
+// them from the index as it goes.
+func (ks keySet) list() []string {
+	if ks.one == "" {
+		return nil
+	}
+	keys := make([]string, 0, 1+len(ks.more))
+	keys = append(keys, ks.one)
+	for k := range ks.more {
+		keys = append(keys, k)
+	}
+	return keys
+}
+
+func addToIndex(index map[string]keySet, value, key string) {
 	if value == "" {
 		return
 	}
-	keys := index[value]
-	if keys == nil {
-		keys = make(map[string]struct{}, 1)
-		index[value] = keys
+	ks := index[value]
+	switch {
+	case ks.one == "" || ks.one == key:
+		ks.one = key
+	default:
+		if ks.more == nil {
+			ks.more = make(map[string]struct{}, 1)
+		}
+		ks.more[key] = struct{}{}
 	}
-	keys[key] = struct{}{}
+	index[value] = ks
 }
 
-func removeFromIndex(index map[string]map[string]struct{}, value, key string) {
-	keys := index[value]
-	delete(keys, key)
-	if len(keys) == 0 {
-		delete(index, value)
+func removeFromIndex(index map[string]keySet, value, key string) {
+	ks, ok := index[value]
+	if !ok {
+		return
 	}
+	if ks.one == key {
+		ks.one = ""
+		for k := range ks.more { // another key takes its place
+			ks.one = k
+			delete(ks.more, k)
+			break
+		}
+	} else {
+		delete(ks.more, key)
+	}
+	switch {
+	case ks.one == "":
+		delete(index, value)
+		return
+	case len(ks.more) == 0:
+		ks.more = nil
+	}
+	index[value] = ks
 }
 
 // Interface guards

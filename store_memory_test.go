@@ -23,14 +23,10 @@ func (m *memoryStore) indexSizes() (sessions, bySID, bySub, used int) {
 	return len(m.sessions), len(m.bySID), len(m.bySub), len(m.used)
 }
 
-func (m *memoryStore) indexed(index map[string]map[string]struct{}, value string) []string {
+func (m *memoryStore) indexed(index map[string]keySet, value string) []string {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
-	var keys []string
-	for k := range index[value] {
-		keys = append(keys, k)
-	}
-	return keys
+	return index[value].list()
 }
 
 func TestMemoryStoreSaveLoadDelete(t *testing.T) {
@@ -370,14 +366,14 @@ func TestMemoryStoreConcurrent(t *testing.T) {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
 	for sid, keys := range m.bySID {
-		for k := range keys {
+		for _, k := range keys.list() {
 			if e, ok := m.sessions[k]; !ok || e.session.ProviderSID != sid {
 				t.Errorf("sid index %s -> %s is stale", sid, k)
 			}
 		}
 	}
 	for sub, keys := range m.bySub {
-		for k := range keys {
+		for _, k := range keys.list() {
 			if e, ok := m.sessions[k]; !ok || e.session.Subject != sub {
 				t.Errorf("subject index %s -> %s is stale", sub, k)
 			}
