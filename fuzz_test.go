@@ -17,9 +17,10 @@ import (
 	"go.uber.org/zap"
 )
 
-// Fuzz targets for everything that parses outside input. Seeds live in
-// testdata/fuzz/<target>; scripts/test runs each target briefly. A crash
-// the fuzzer finds is kept there and becomes a regression test.
+// Fuzz targets for everything that parses outside input. Seed corpora live
+// in testdata/fuzz/<target> (plus the f.Add seeds) and run with every `go
+// test`; scripts/test fuzzes each target briefly. A crash the fuzzer finds is
+// written there and becomes a regression test.
 
 const fuzzIssuer = "https://pliro.example"
 
