@@ -211,6 +211,18 @@ func TestCrashNeverBringsBackAnEndedSession(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = m1.Delete(context.Background(), k) // sign-out / back-channel logout
+	// The ended list is written within endedFlushDelay.
+	deadline := time.Now().Add(endedFlushDelay + 2*time.Second)
+	for {
+		b, _ := st.Load(context.Background(), "s.json.ended")
+		if strings.Contains(string(b), k) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the ended session was not written within endedFlushDelay")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	// crash: no Destruct
 	m2 := newMemoryStoreWith(&persistence{storage: st, key: "s.json", logger: zap.NewNop()})
 	if _, found, _ := m2.Load(context.Background(), k); found {

@@ -29,13 +29,14 @@ type memoryStore struct {
 	used     map[string]time.Time // replay cache: key -> forget after
 	ended    map[string]time.Time // ended since the last snapshot: key -> its deadline
 
-	persist *persistence // nil: memory only
-	endedMu sync.Mutex   // one write of the ended list at a time
-	loadMu  sync.Mutex   // the snapshot is read on first use, not at provision
-	retryAt time.Time    // after a failed read
-	loaded  atomic.Bool  // and written back only if it was read
-	stop    chan struct{}
-	stopped chan struct{}
+	persist  *persistence  // nil: memory only
+	endedMu  sync.Mutex    // one write of the ended list at a time
+	endedDue chan struct{} // sessions ended since the ended list was written
+	loadMu   sync.Mutex    // the snapshot is read on first use, not at provision
+	retryAt  time.Time     // after a failed read
+	loaded   atomic.Bool   // and written back only if it was read
+	stop     chan struct{}
+	stopped  chan struct{}
 }
 
 // persistence is where a memory store keeps its snapshot: the sessions
@@ -78,6 +79,7 @@ func newMemoryStoreWith(p *persistence) *memoryStore {
 		used:     make(map[string]time.Time),
 		ended:    make(map[string]time.Time),
 		persist:  p,
+		endedDue: make(chan struct{}, 1),
 		stop:     make(chan struct{}),
 		stopped:  make(chan struct{}),
 	}
@@ -242,17 +244,26 @@ func (m *memoryStore) endLocked(key string) int {
 	return 1
 }
 
-// persistEnded writes the list of sessions ended since the last snapshot,
-// when n sessions were just ended. A failure is logged: the sign-out holds
-// in memory regardless.
+// persistEnded has the list of sessions ended since the last snapshot
+// written within endedFlushDelay, when n sessions were just ended: writes
+// are grouped, so that a burst of logouts costs one write, not one each.
 func (m *memoryStore) persistEnded(n int) {
 	if n == 0 || m.persist == nil {
 		return
 	}
-	if err := m.writeEnded(); err != nil {
-		m.persist.logger.Error("saving ended sessions", zap.Error(err))
+	select {
+	case m.endedDue <- struct{}{}:
+	default: // a write is already due
 	}
 }
+
+// endedFlushDelay bounds how long an ended session is known only in
+// memory; a crash within it may bring the session back.
+const endedFlushDelay = time.Second
+
+// maxEndedBeforeSnapshot brings the next snapshot forward when many
+// sessions ended since the last one, so the ended list stays small.
+const maxEndedBeforeSnapshot = 10_000
 
 func (m *memoryStore) writeEnded() error {
 	m.endedMu.Lock()
@@ -285,10 +296,30 @@ func (m *memoryStore) sweepEvery(interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	lastSave := time.Now()
+	var flush <-chan time.Time
 	for {
 		select {
 		case <-m.stop:
 			return
+		case <-m.endedDue:
+			if flush == nil {
+				flush = time.After(endedFlushDelay)
+			}
+		case <-flush:
+			flush = nil
+			m.mu.RLock()
+			many := len(m.ended) > maxEndedBeforeSnapshot
+			m.mu.RUnlock()
+			var err error
+			if many {
+				lastSave = time.Now()
+				err = m.save()
+			} else {
+				err = m.writeEnded()
+			}
+			if err != nil {
+				m.persist.logger.Error("saving ended sessions", zap.Error(err))
+			}
 		case <-t.C:
 			m.sweep()
 			if m.persist != nil && m.loaded.Load() && time.Since(lastSave) >= memoryPersistInterval {
