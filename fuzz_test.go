@@ -134,7 +134,14 @@ func FuzzCaddyfile(f *testing.F) {
 	f.Add("identity_headers X-\nend_provider_session off\nrefresh_interval off")
 	f.Fuzz(func(t *testing.T, block string) {
 		for _, dir := range []string{"pliro", "pliro_require"} {
-			d := caddyfile.NewTestDispenser(dir + " {\n" + block + "\n}")
+			// Tokenize as Caddy does; input Caddy itself refuses (a bad
+			// heredoc) never reaches the module. NewTestDispenser would
+			// exit the process on it.
+			tokens, err := caddyfile.Tokenize([]byte(dir+" {\n"+block+"\n}"), "Caddyfile")
+			if err != nil {
+				continue
+			}
+			d := caddyfile.NewDispenser(tokens)
 			if dir == "pliro" {
 				_ = new(Handler).UnmarshalCaddyfile(d)
 			} else {
