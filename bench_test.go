@@ -193,7 +193,6 @@ func benchSession(i int, idToken string) *Session {
 	t := now()
 	s.IDToken = idToken
 	s.AccessToken = randomToken(32)
-	s.AccessTokenExpiry = t.Add(2 * time.Hour)
 	s.Created, s.LastSeen, s.ClaimsAt, s.ReauthAt = t, t, t, t
 	return s
 }

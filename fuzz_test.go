@@ -41,7 +41,7 @@ func fuzzHandler(t testing.TB) (*Handler, *ecdsa.PrivateKey) {
 	h := &Handler{Issuer: fuzzIssuer, ClientID: testClientID, ClientSecret: testClientSecret}
 	h.setDefaults()
 	h.clientSecret, h.callbackPath = testClientSecret, defaultRedirectPath
-	h.logger, h.refreshing, h.sealer = zap.NewNop(), new(sync.Map), s
+	h.logger, h.refreshing, h.keys = zap.NewNop(), new(sync.Map), s
 	store := newMemoryStore()
 	t.Cleanup(func() { _ = store.Destruct() })
 	h.store = store

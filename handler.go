@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
-	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/coreos/go-oidc/v3/oidc"
@@ -260,7 +259,6 @@ func (h *Handler) finishSignIn(w http.ResponseWriter, r *http.Request) (silent b
 	s := claims.session()
 	s.IDToken = tokens.idToken
 	s.AccessToken = tokens.accessToken
-	s.AccessTokenExpiry = tokens.accessTokenExpiry
 	s.Created, s.LastSeen, s.ClaimsAt, s.ReauthAt = t, t, t, t
 	cookieValue, key := newSessionID()
 	if err := h.store.Save(r.Context(), key, s, h.deadline(s)); err != nil {
@@ -295,9 +293,8 @@ func sanitizeErrorCode(code string) string {
 
 // tokenResponse is what the token endpoint returned.
 type tokenResponse struct {
-	idToken           string
-	accessToken       string
-	accessTokenExpiry time.Time
+	idToken     string
+	accessToken string
 }
 
 // exchangeCode redeems the authorization code at Pliro's token endpoint,
@@ -323,7 +320,7 @@ func (h *Handler) exchangeCode(r *http.Request, e *endpoints, code string, a *si
 	if idToken == "" {
 		return nil, caddyhttp.Error(http.StatusBadGateway, errors.New("token response has no id_token (is the openid scope granted?)"))
 	}
-	return &tokenResponse{idToken: idToken, accessToken: tok.AccessToken, accessTokenExpiry: tok.Expiry}, nil
+	return &tokenResponse{idToken: idToken, accessToken: tok.AccessToken}, nil
 }
 
 // redactRetrieveError keeps the status and OAuth error code of a failed

@@ -153,7 +153,6 @@ type Handler struct {
 	provider     *provider
 	store        Store
 	keys         sealerSource // gives the sealer of sign-in cookies
-	sealer       *sealer      // a fixed sealer instead, for unit tests
 	shared       string       // key of the state this config shares with others in sharedPool
 	refreshing   *sync.Map    // store keys of sessions whose claims are being refreshed
 	events       *events      // the events app, for pliro_* events
@@ -355,7 +354,7 @@ func (h *Handler) Validate() error {
 	if err := validateRedirectURI(h.PostLogoutRedirectURI); err != nil {
 		return fmt.Errorf("post_logout_redirect_uri: %w", err)
 	}
-	if p := h.IdentityHeaderPrefix; p != "" && (strings.ContainsAny(p, "_ :") || !validCookieName(p)) {
+	if p := h.IdentityHeaderPrefix; p != "" && (strings.Contains(p, "_") || !isToken(p)) {
 		return fmt.Errorf("identity_header_prefix %q must be a header name prefix such as X-Pliro-", p)
 	}
 	if h.IdleTimeout > h.MaxLifetime {
@@ -364,7 +363,7 @@ func (h *Handler) Validate() error {
 	if h.ClockSkew > caddy.Duration(5*time.Minute) {
 		return errors.New("clock_skew above 5m would accept long-expired tokens; fix the clock instead")
 	}
-	if !validCookieName(h.CookieName) {
+	if !isToken(h.CookieName) {
 		return fmt.Errorf("cookie_name %q is not a valid cookie name", h.CookieName)
 	}
 	return nil
@@ -419,11 +418,13 @@ func isLoopbackHost(host string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
-func validCookieName(name string) bool {
-	if name == "" {
+// isToken reports whether s is an HTTP token (RFC 9110 §5.6.2): what a
+// header name is, and what a cookie name must be (RFC 6265 §4.1.1).
+func isToken(s string) bool {
+	if s == "" {
 		return false
 	}
-	for _, c := range name {
+	for _, c := range s {
 		if c <= ' ' || c >= 0x7f || strings.ContainsRune(`()<>@,;:\"/[]?={}`, c) {
 			return false
 		}

@@ -70,7 +70,8 @@ func newProviderClient(timeout time.Duration) *http.Client {
 		Timeout:   timeout,
 		Transport: timedTransport{next: transport},
 		// Pliro's endpoints answer directly; a redirect is unexpected and
-		// must not carry the client secret elsewhere.
+		// must not carry the code, verifier or client secret elsewhere
+		// (RFC 9700 §4.12).
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
 }

@@ -36,8 +36,7 @@ type Session struct {
 	// IDToken is the latest ID token, sent as id_token_hint at sign-out.
 	IDToken string `json:"id_token,omitempty"`
 	// AccessToken is the opaque token for Pliro's userinfo endpoint.
-	AccessToken       string    `json:"access_token,omitempty"`
-	AccessTokenExpiry time.Time `json:"access_token_expiry,omitzero"`
+	AccessToken string `json:"access_token,omitempty"`
 
 	// Created is the sign-in time; the session ends at Created+max_lifetime.
 	Created time.Time `json:"created"`

@@ -47,9 +47,9 @@ func (s *sharedState) Destruct() error {
 }
 
 // sealerSource gives the sealer of sign-in cookies, loading its key on first
-// use: Provision does no I/O.
+// use: Provision does no I/O. A *sealer is one too, with a fixed key.
 type sealerSource interface {
-	sealer(ctx context.Context) (*sealer, error)
+	current(ctx context.Context) (*sealer, error)
 }
 
 // loadSharedState finds this config's shared state, or makes it. Nothing
@@ -121,10 +121,7 @@ func configStorage(ctx caddy.Context) (storage certmagic.Storage) {
 
 // sealerFor returns the sealer of sign-in cookies.
 func (h *Handler) sealerFor(ctx context.Context) (*sealer, error) {
-	if h.keys != nil {
-		return h.keys.sealer(ctx)
-	}
-	return h.sealer, nil // set directly by unit tests
+	return h.keys.current(ctx)
 }
 
 // storedKey is a sealing key kept in Caddy's storage, so that a restart, or
@@ -138,7 +135,7 @@ type storedKey struct {
 	s  *sealer
 }
 
-func (k *storedKey) sealer(ctx context.Context) (*sealer, error) {
+func (k *storedKey) current(ctx context.Context) (*sealer, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.s != nil {
@@ -168,7 +165,7 @@ type redisSealer struct {
 	cached *sealer
 }
 
-func (rs *redisSealer) sealer(ctx context.Context) (*sealer, error) {
+func (rs *redisSealer) current(ctx context.Context) (*sealer, error) {
 	key, err := rs.store.SealingKey(ctx)
 	if err != nil {
 		return nil, err

@@ -29,7 +29,7 @@ func unitSignInHandler(t testing.TB) *Handler {
 	}
 	store := newMemoryStore()
 	t.Cleanup(func() { _ = store.Destruct() })
-	return &Handler{CookieName: defaultCookieName, sealer: s, store: store, logger: zap.NewNop()}
+	return &Handler{CookieName: defaultCookieName, keys: s, store: store, logger: zap.NewNop()}
 }
 
 func newUnitSealer(t testing.TB, key []byte) *sealer {
@@ -89,7 +89,7 @@ func sealedAttemptCookie(t *testing.T, h *Handler, r *http.Request, state string
 		t.Fatal(err)
 	}
 	name := signInCookieName(r, state)
-	return &http.Cookie{Name: name, Value: h.sealer.seal(name, plain)}
+	return &http.Cookie{Name: name, Value: h.keys.(*sealer).seal(name, plain)}
 }
 
 func TestSealerRoundTrip(t *testing.T) {

@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -242,6 +243,30 @@ func TestTokenEndpointFailuresShowAnError(t *testing.T) {
 		site := startCaddy(t, siteFor(p, ""))
 		expectSignInFails(t, site, newBrowser(t), http.StatusBadRequest)
 	})
+}
+
+// TestTokenEndpointRedirectIsNotFollowed: a token endpoint (or something in
+// front of it) answers with a redirect elsewhere. Following it would send
+// the code, the PKCE verifier and, with client_secret_post, the client
+// secret to that other server; the module's client never follows redirects
+// (RFC 9700 §4.12: no redirects for requests carrying credentials).
+func TestTokenEndpointRedirectIsNotFollowed(t *testing.T) {
+	var reached atomic.Int32
+	elsewhere := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		reached.Add(1)
+	}))
+	t.Cleanup(elsewhere.Close)
+	p := newTestProvider(t)
+	p.set(func(p *testProvider) {
+		p.tokenEndpoint = func(w http.ResponseWriter, r *http.Request) {
+			http.Redirect(w, r, elsewhere.URL+"/token", http.StatusTemporaryRedirect)
+		}
+	})
+	site := startCaddy(t, siteFor(p, "token_auth_method client_secret_post"))
+	expectSignInFails(t, site, newBrowser(t), http.StatusBadGateway)
+	if n := reached.Load(); n != 0 {
+		t.Fatalf("the token request followed a redirect: %d request(s) elsewhere", n)
+	}
 }
 
 // TestKeyRotationAcceptedAfterOneRefetch: Pliro rotates its signing key; the

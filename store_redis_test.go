@@ -206,17 +206,16 @@ func testRedisSession(sub, sid string) *Session {
 	_, _ = rand.Read(tok)
 	t := time.Now().Truncate(time.Second)
 	return &Session{
-		Subject:           sub,
-		ProviderSID:       sid,
-		Email:             sub + "@example.com",
-		Name:              "Ada Lovelace",
-		Plan:              "premium",
-		PlanSlugs:         []string{"premium", "newsletter"},
-		IDToken:           base64.RawURLEncoding.EncodeToString(tok),
-		AccessToken:       "pat_" + randomToken(32),
-		AccessTokenExpiry: t.Add(time.Hour),
-		Created:           t,
-		LastSeen:          t,
+		Subject:     sub,
+		ProviderSID: sid,
+		Email:       sub + "@example.com",
+		Name:        "Ada Lovelace",
+		Plan:        "premium",
+		PlanSlugs:   []string{"premium", "newsletter"},
+		IDToken:     base64.RawURLEncoding.EncodeToString(tok),
+		AccessToken: "pat_" + randomToken(32),
+		Created:     t,
+		LastSeen:    t,
 	}
 }
 
