@@ -37,7 +37,33 @@ func safeReturnTo(raw string) (string, bool) {
 		return "", false
 	}
 	u.Fragment, u.RawFragment = "", ""
+	// url.URL re-encodes the path but keeps the query as it came; encode its
+	// non-ASCII bytes as browsers do (WHATWG URL, query percent-encode set), so
+	// the Location header is plain ASCII and carries no C1 control character.
+	u.RawQuery = percentEncodeNonASCII(u.RawQuery)
 	return u.String(), true
+}
+
+func percentEncodeNonASCII(s string) string {
+	const hex = "0123456789ABCDEF"
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c >= 0x80 {
+			if b.Len() == 0 {
+				b.Grow(len(s) + 16)
+				b.WriteString(s[:i])
+			}
+			b.WriteByte('%')
+			b.WriteByte(hex[c>>4])
+			b.WriteByte(hex[c&0xf])
+		} else if b.Len() > 0 {
+			b.WriteByte(c)
+		}
+	}
+	if b.Len() == 0 {
+		return s
+	}
+	return b.String()
 }
 
 func hasControlOrSpace(s string) bool {

@@ -71,6 +71,8 @@ func TestSafeReturnToAccepts(t *testing.T) {
 		{"/search?q=a+b&sort=new", "/search?q=a+b&sort=new"},
 		{"/caf%C3%A9", "/caf%C3%A9"},
 		{"/café", "/caf%C3%A9"},
+		{"/search?q=café", "/search?q=caf%C3%A9"},
+		{"/?\u008f", "/?%C2%8F"}, // a C1 control character in the query (found by FuzzSafeReturnTo)
 		{"/members/", "/members/"},
 		{"/a:b", "/a:b"},
 		{"/?next=//evil.example", "/?next=//evil.example"}, // a query value is not a location
