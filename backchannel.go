@@ -74,7 +74,13 @@ func (h *Handler) serveBackchannelLogout(w http.ResponseWriter, r *http.Request)
 	// (Back-Channel Logout 1.0 §2.7).
 	var ended int
 	if lt.SID != "" {
-		ended, err = h.store.DeleteByProviderSID(r.Context(), lt.SID, lt.Subject)
+		// Mark the Pliro session as ended before ending its sessions here: a
+		// sign-in with this sid still in flight checks the mark after saving
+		// its session (see finishSignIn), so either this deletion finds that
+		// session or that check finds the mark.
+		if _, err = h.store.FirstUse(r.Context(), endedSIDKey(lt.SID), endedSIDTTL); err == nil {
+			ended, err = h.store.DeleteByProviderSID(r.Context(), lt.SID, lt.Subject)
+		}
 	} else {
 		ended, err = h.store.DeleteBySubject(r.Context(), lt.Subject)
 	}
@@ -245,6 +251,15 @@ func (a *logoutAudience) UnmarshalJSON(b []byte) error {
 	}
 	return json.Unmarshal(b, (*[]string)(a))
 }
+
+// endedSIDTTL is how long an ended Pliro session is remembered: as long as
+// a sign-in attempt lives, the longest a callback can come after Pliro
+// issued its code, plus a margin for the token exchange.
+const endedSIDTTL = signInAttemptTTL + time.Minute
+
+// endedSIDKey names the replay-cache entry that marks Pliro's session sid
+// as ended by a back-channel logout.
+func endedSIDKey(sid string) string { return "ended-sid:" + sid }
 
 // logoutReplayTTL keeps a seen token in the replay cache for longer than it
 // could be accepted.

@@ -305,6 +305,7 @@ func TestBackchannelLogoutRefusesReplayedJTI(t *testing.T) {
 	requireLogoutAccepted(t, postLogoutToken(t, site, token))
 	requireSessionEnded(t, site, b)
 
+	p.endSession()
 	signIn(t, site, b, "/members/x")
 	requireLogoutRefused(t, postLogoutToken(t, site, token), http.StatusBadRequest, "replayed")
 	requireSessionAlive(t, site, b)
@@ -318,6 +319,7 @@ func TestBackchannelLogoutRefusesReplayWithoutJTI(t *testing.T) {
 	requireLogoutAccepted(t, postLogoutToken(t, site, token))
 	requireSessionEnded(t, site, b)
 
+	p.endSession()
 	signIn(t, site, b, "/members/x")
 	requireLogoutRefused(t, postLogoutToken(t, site, token), http.StatusBadRequest, "replayed")
 	requireSessionAlive(t, site, b)
@@ -330,6 +332,7 @@ func TestBackchannelLogoutRefusesReplayInOtherBytes(t *testing.T) {
 	p, site, b := startSignedIn(t, "")
 	token := p.logoutToken(func(_, c map[string]any) { delete(c, "jti") })
 	requireLogoutAccepted(t, postLogoutToken(t, site, token))
+	p.endSession()
 
 	head, sig := token[:strings.LastIndexByte(token, '.')+1], token[strings.LastIndexByte(token, '.')+1:]
 	variants := map[string]string{

@@ -75,6 +75,7 @@ func TestClusterLogoutReachesEveryInstance(t *testing.T) {
 	}
 	waitAnonymous(t, browser, a)
 
+	p.endSession()
 	signIn(t, b, browser, "/members/1")
 	browser.get(b.base + "/")
 	// A copy of the cookie, made before the sign-out clears it from the jar.

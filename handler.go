@@ -1,6 +1,7 @@
 package pliro
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -263,6 +264,29 @@ func (h *Handler) finishSignIn(w http.ResponseWriter, r *http.Request) (silent b
 	cookieValue, key := newSessionID()
 	if err := h.store.Save(r.Context(), key, s, h.deadline(s)); err != nil {
 		return a.Silent, resultStoreError, caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("saving session: %w", err))
+	}
+	// Pliro may have ended its session (sid) while this sign-in was in
+	// flight: it issued the code, then sent a back-channel logout that found
+	// no session here yet. The logout marks the sid before ending sessions,
+	// and this check runs after the save, so one of the two sees the other;
+	// a session must not outlive its Pliro session (Back-Channel Logout 1.0
+	// §2.7). The customer arrives signed out, and a protected page signs
+	// them in afresh.
+	if s.ProviderSID != "" {
+		ended, err := h.store.Used(r.Context(), endedSIDKey(s.ProviderSID))
+		if err != nil || ended {
+			if delErr := h.store.Delete(context.WithoutCancel(r.Context()), key); delErr != nil {
+				h.logger.Warn("ending a session of an ended Pliro session", zap.Error(delErr))
+			}
+		}
+		if err != nil {
+			return a.Silent, resultStoreError, caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("checking for a back-channel logout: %w", err))
+		}
+		if ended {
+			h.logger.Info("Pliro session ended during sign-in; not signing in", zap.String("customer_id", s.Subject))
+			http.Redirect(w, r, a.ReturnTo, http.StatusSeeOther)
+			return a.Silent, resultSessionEnded, nil
+		}
 	}
 	h.setSessionCookie(w, r, cookieValue)
 	h.logger.Info("customer signed in", zap.String("customer_id", s.Subject), zap.Bool("silent", a.Silent))

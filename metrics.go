@@ -71,6 +71,7 @@ const (
 	resultError            = "error"
 	resultTokenRejected    = "token_rejected"
 	resultSubjectMismatch  = "sub_mismatch"
+	resultSessionEnded     = "session_ended"
 	endpointDiscovery      = "discovery"
 	endpointJWKS           = "jwks"
 	endpointToken          = "token"

@@ -108,6 +108,7 @@ func TestMetricsMoveAsFlowsRun(t *testing.T) {
 	form := url.Values{"logout_token": {p.logoutToken(nil)}}
 	b.postForm(site.base+"/backchannel-logout", form, "")
 	b.postForm(site.base+"/backchannel-logout", url.Values{"logout_token": {"junk"}}, "")
+	p.endSession()
 	signIn(t, site, b, "/premium/a")
 	b.postForm(site.base+"/sign-out", nil, site.base)
 

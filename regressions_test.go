@@ -290,3 +290,48 @@ func TestHungUpRequestDoesNotBreakJWKS(t *testing.T) {
 	}
 	t.Logf("jwks fetches: %d", p.jwksFetches.Load())
 }
+
+// A sign-in racing Pliro's back-channel logout. Pliro issues a code for its
+// session sid, then the customer signs out at Pliro (or Pliro ends the
+// session) and Pliro's notification arrives before the browser brings the
+// code to the callback: the notification finds no session for sid here.
+// Without a memory of ended sids, the callback would then create a session
+// that outlives its Pliro session. With it, the customer arrives signed out,
+// and a fresh sign-in (a new Pliro session, a new sid) works as always.
+func TestSignInRacingBackchannelLogoutCreatesNoSession(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		store func(t *testing.T) string
+	}{
+		{"memory store", func(*testing.T) string { return "" }},
+		{"redis store", func(t *testing.T) string { return "store redis " + startTestRedis(t).addr }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newTestProvider(t)
+			site := startCaddy(t, siteFor(p, tc.store(t)))
+			b := newBrowser(t)
+
+			// Up to the callback URL, not into it.
+			toPliro := b.get(site.base + "/members/x")
+			callback := b.get(toPliro.Header.Get("Location")).Header.Get("Location")
+			if !strings.Contains(callback, "code=") {
+				t.Fatalf("provider did not answer with a code: %q", callback)
+			}
+
+			requireLogoutAccepted(t, postLogoutToken(t, site, p.logoutToken(nil)))
+			p.endSession()
+
+			resp := b.get(callback)
+			if resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/members/x" {
+				t.Fatalf("callback answered %d, Location %q; want 303 to /members/x", resp.StatusCode, resp.Header.Get("Location"))
+			}
+			requireSessionEnded(t, site, b)
+			if !strings.Contains(site.logs(), "Pliro session ended during sign-in") {
+				t.Errorf("no log line says why the sign-in made no session")
+			}
+
+			signIn(t, site, b, "/members/x")
+			requireSessionAlive(t, site, b)
+		})
+	}
+}

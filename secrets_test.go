@@ -106,6 +106,7 @@ http://localhost:%d {
 	lt := p.logoutToken(nil)
 	keep(lt)
 	bodies = append(bodies, b.postForm(site.base+"/backchannel-logout", url.Values{"logout_token": {lt}}, "").body)
+	p.endSession()
 	signIn(t, site, b, "/members/a")
 	bodies = append(bodies, b.postForm(site.base+"/sign-out", nil, site.base).body)
 

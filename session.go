@@ -85,6 +85,8 @@ type Store interface {
 	FirstUse(ctx context.Context, key string, ttl time.Duration) (bool, error)
 	// Forget undoes FirstUse for key (the use did not happen).
 	Forget(ctx context.Context, key string) error
+	// Used reports whether FirstUse recorded key less than its ttl ago.
+	Used(ctx context.Context, key string) (bool, error)
 }
 
 // sessionIDBytes is the entropy of a session ID: 256 bits, as scs does.

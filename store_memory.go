@@ -218,6 +218,14 @@ func (m *memoryStore) Forget(_ context.Context, key string) error {
 	return nil
 }
 
+func (m *memoryStore) Used(_ context.Context, key string) (bool, error) {
+	m.ready()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	until, ok := m.used[key]
+	return ok && now().Before(until), nil
+}
+
 func (m *memoryStore) countSessions(*http.Request) (int, error) { return m.count(), nil }
 
 // count returns how many sessions are stored, expired or not (for the

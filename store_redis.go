@@ -563,6 +563,16 @@ func (s *redisStore) Forget(ctx context.Context, key string) error {
 	return s.client.Del(ctx, s.base+"u:"+key).Err()
 }
 
+func (s *redisStore) Used(ctx context.Context, key string) (bool, error) {
+	ctx, cancel := s.op(ctx)
+	defer cancel()
+	n, err := s.client.Exists(ctx, s.base+"u:"+key).Result()
+	if err != nil {
+		return false, fmt.Errorf("reading first use: %w", err)
+	}
+	return n > 0, nil
+}
+
 // SealingKey returns the 32-byte key that seals sign-in cookies, the same
 // on every instance that uses this Redis and key prefix: the first instance
 // to ask stores a random key (SET NX, no expiry) and everyone reads that

@@ -63,6 +63,7 @@ type testProvider struct {
 
 type codeGrant struct {
 	nonce, challenge, redirectURI string
+	sid                           string // the provider session the code belongs to
 }
 
 const (
@@ -186,7 +187,8 @@ func (p *testProvider) serveAuthorize(w http.ResponseWriter, r *http.Request) {
 	} else {
 		code := randomToken(16)
 		p.mu.Lock()
-		p.codes[code] = codeGrant{nonce: q.Get("nonce"), challenge: q.Get("code_challenge"), redirectURI: q.Get("redirect_uri")}
+		sid, _ := p.customer["sid"].(string)
+		p.codes[code] = codeGrant{nonce: q.Get("nonce"), challenge: q.Get("code_challenge"), redirectURI: q.Get("redirect_uri"), sid: sid}
 		p.mu.Unlock()
 		back.Set("code", code)
 	}
@@ -240,12 +242,16 @@ func (p *testProvider) serveToken(w http.ResponseWriter, r *http.Request) {
 		"access_token": access,
 		"token_type":   "Bearer",
 		"expires_in":   7200,
-		"id_token":     p.idToken(grant.nonce),
+		"id_token":     p.idTokenForSession(grant.nonce, grant.sid),
 	})
 }
 
 // idToken mints an ID token for the current customer.
-func (p *testProvider) idToken(nonce string) string {
+func (p *testProvider) idToken(nonce string) string { return p.idTokenForSession(nonce, "") }
+
+// idTokenForSession mints an ID token for the current customer in the
+// provider session sid (when not empty: the one its code was issued in).
+func (p *testProvider) idTokenForSession(nonce, sid string) string {
 	t := time.Now()
 	claims := map[string]any{
 		"iss":       p.issuer,
@@ -260,6 +266,9 @@ func (p *testProvider) idToken(nonce string) string {
 	p.mu.Lock()
 	for k, v := range p.customer {
 		claims[k] = v
+	}
+	if sid != "" {
+		claims["sid"] = sid
 	}
 	header := map[string]any{"alg": "ES256", "typ": "JWT", "kid": p.kid}
 	mutate, sign := p.mutateIDToken, p.sign
@@ -379,11 +388,23 @@ func (p *testProvider) logoutToken(mutate func(header, claims map[string]any)) s
 	}
 	p.mu.Lock()
 	header := map[string]any{"alg": "ES256", "typ": "logout+jwt", "kid": p.kid}
+	if sid, _ := p.customer["sid"].(string); sid != "" {
+		claims["sid"] = sid
+	}
 	p.mu.Unlock()
 	if mutate != nil {
 		mutate(header, claims)
 	}
 	return p.signES256(header, claims)
+}
+
+// endSession is what Pliro does after its back-channel logout: the
+// customer's Pliro session is over, and the next sign-in starts a new one
+// with a new sid (the site refuses sign-ins for an ended sid).
+func (p *testProvider) endSession() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.customer["sid"] = "sid_" + randomToken(6)
 }
 
 func (p *testProvider) set(f func(p *testProvider)) {
