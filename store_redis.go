@@ -330,6 +330,7 @@ func newRedisStore(cfg RedisStoreConfig, logger *zap.Logger) (*redisStore, error
 	if logger == nil {
 		logger = zap.NewNop()
 	}
+	routeRedisLogs.Do(func() { redis.SetLogger(redisLogger{caddy.Log().Named("redis")}) })
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &redisStore{
 		client:      redis.NewUniversalClient(cfg.universalOptions()),
@@ -346,6 +347,21 @@ func newRedisStore(cfg RedisStoreConfig, logger *zap.Logger) (*redisStore, error
 		s.cache = newRedisLocalCache(ttl, redisLocalCacheMaxEntries)
 	}
 	return s, nil
+}
+
+// routeRedisLogs sends go-redis's own log lines (one per failed dial, from
+// its connection pool) to Caddy's log instead of stderr, where they would
+// break Caddy's structured output. go-redis has one logger per process.
+var routeRedisLogs sync.Once
+
+// redisLogger writes go-redis's log lines at debug level: the store's own
+// errors already report an outage, once per failed operation.
+type redisLogger struct{ logger *zap.Logger }
+
+func (l redisLogger) Printf(_ context.Context, format string, v ...any) {
+	if ce := l.logger.Check(zap.DebugLevel, "go-redis"); ce != nil {
+		ce.Write(zap.String("message", fmt.Sprintf(format, v...)))
+	}
 }
 
 // Close stops the subscriber and closes the connections. Calls after the

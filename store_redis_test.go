@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -24,6 +25,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 // testRedis is a redis-server of the test's own, on a free loopback port,
@@ -1221,5 +1224,25 @@ func BenchmarkRedisStoreLoad(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// go-redis's own lines (a failed dial, from its pool) go to Caddy's log at
+// debug level, not to stderr in go-redis's format.
+func TestRedisLibraryLogsGoToZap(t *testing.T) {
+	core, logs := observer.New(zap.DebugLevel)
+	redisLogger{zap.New(core)}.Printf(context.Background(), "redis: connection pool: failed to dial after %d attempts: %v", 1, errors.New("connection refused"))
+	entries := logs.All()
+	if len(entries) != 1 || entries[0].Level != zap.DebugLevel {
+		t.Fatalf("entries %+v, want one at debug level", entries)
+	}
+	if got := entries[0].ContextMap()["message"]; got != "redis: connection pool: failed to dial after 1 attempts: connection refused" {
+		t.Errorf("message %q", got)
+	}
+
+	core, logs = observer.New(zap.InfoLevel)
+	redisLogger{zap.New(core)}.Printf(context.Background(), "x")
+	if logs.Len() != 0 {
+		t.Errorf("logged below the configured level")
 	}
 }
