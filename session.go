@@ -72,6 +72,11 @@ type Store interface {
 	// Updates of a live session (a visit, fresh claims) use it, so that a
 	// session ended meanwhile (sign-out, back-channel logout) stays ended.
 	Replace(ctx context.Context, key string, s *Session, deadline time.Time) (bool, error)
+	// Touch records a visit: it sets LastSeen of the session saved under
+	// key to seen and its deadline to deadline, and leaves the rest as it
+	// is in the store now, so that claims refreshed by a concurrent request
+	// are kept. It reports whether a session was there.
+	Touch(ctx context.Context, key string, seen, deadline time.Time) (bool, error)
 	// Delete ends the session saved under key.
 	Delete(ctx context.Context, key string) error
 	// DeleteByProviderSID ends every session that carries Pliro's sid and,
@@ -176,11 +181,13 @@ func (h *Handler) loadSession(r *http.Request) (s *Session, key string, err erro
 		return nil, key, nil
 	}
 	// Slide the idle timeout, but write at most once a minute per session
-	// so that reading a page costs no store write.
+	// so that reading a page costs no store write. Only the visit is
+	// written: a copy of the whole session could undo a refresh of its
+	// claims that another request saved since this one read it.
 	if now.Sub(s.LastSeen) > sessionTouchInterval {
 		touched := *s
 		touched.LastSeen = now
-		switch alive, err := h.store.Replace(r.Context(), key, &touched, h.deadline(&touched)); {
+		switch alive, err := h.store.Touch(r.Context(), key, now, h.deadline(&touched)); {
 		case err != nil:
 			h.logger.Warn("extending session", zap.Error(err))
 		case !alive:

@@ -6,14 +6,17 @@ import (
 	"time"
 )
 
+// bothStores makes a fresh store of each kind.
+var bothStores = map[string]func(t *testing.T) Store{
+	"memory": func(t *testing.T) Store { m := newMemoryStore(); t.Cleanup(func() { _ = m.Destruct() }); return m },
+	"redis":  func(t *testing.T) Store { return newTestRedisStore(t, startTestRedis(t).addr, nil) },
+}
+
 // TestReplaceNeverResurrectsAnEndedSession: a request loads a session, a
 // back-channel logout ends it, then the request writes its visit (LastSeen)
 // back. Save would bring the session back to life; Replace must not.
 func TestReplaceNeverResurrectsAnEndedSession(t *testing.T) {
-	for name, store := range map[string]func(t *testing.T) Store{
-		"memory": func(t *testing.T) Store { m := newMemoryStore(); t.Cleanup(func() { _ = m.Destruct() }); return m },
-		"redis":  func(t *testing.T) Store { return newTestRedisStore(t, startTestRedis(t).addr, nil) },
-	} {
+	for name, store := range bothStores {
 		t.Run(name, func(t *testing.T) {
 			st := store(t)
 			ctx := context.Background()
@@ -30,6 +33,72 @@ func TestReplaceNeverResurrectsAnEndedSession(t *testing.T) {
 			}
 			if ok, err := st.Replace(ctx, "k", s, deadline); err != nil || ok {
 				t.Fatalf("Replace of an ended session: %v %v", ok, err)
+			}
+			if _, found, _ := st.Load(ctx, "k"); found {
+				t.Fatal("ended session came back")
+			}
+		})
+	}
+}
+
+// TestVisitDoesNotUndoARefresh: request A loads a session and, a minute
+// after the last visit, records its visit; meanwhile request B refreshed
+// the customer's claims from userinfo (the plan was cancelled). Writing A's
+// whole copy back would restore the old plan until the next refresh; Touch
+// writes only the visit.
+func TestVisitDoesNotUndoARefresh(t *testing.T) {
+	for name, store := range bothStores {
+		t.Run(name, func(t *testing.T) {
+			st := store(t)
+			ctx := context.Background()
+			t0 := time.Now().Add(-2 * time.Minute).Truncate(time.Millisecond)
+			s := &Session{Subject: testSubject, ProviderSID: testProviderSID, Plan: "premium", Created: t0, LastSeen: t0, ClaimsAt: t0}
+			if err := st.Save(ctx, "k", s, t0.Add(time.Hour)); err != nil {
+				t.Fatal(err)
+			}
+			read, _, err := st.Load(ctx, "k") // request A
+			if err != nil {
+				t.Fatal(err)
+			}
+
+			refreshed := *read // request B
+			refreshed.Plan, refreshed.ClaimsAt = "", time.Now()
+			if ok, err := st.Replace(ctx, "k", &refreshed, t0.Add(time.Hour)); err != nil || !ok {
+				t.Fatalf("Replace: %v %v", ok, err)
+			}
+
+			seen := time.Now().Truncate(time.Millisecond)
+			if ok, err := st.Touch(ctx, "k", seen, seen.Add(time.Hour)); err != nil || !ok {
+				t.Fatalf("Touch of a live session: %v %v", ok, err)
+			}
+			got, found, err := st.Load(ctx, "k")
+			if err != nil || !found {
+				t.Fatalf("Load after Touch: %v %v", found, err)
+			}
+			if got.Plan != "" {
+				t.Errorf("plan %q after the visit; the refresh removed it", got.Plan)
+			}
+			if !got.LastSeen.Equal(seen) {
+				t.Errorf("LastSeen %v, want %v", got.LastSeen, seen)
+			}
+
+			// A later refresh carrying an older LastSeen does not move the
+			// visit back.
+			again := *got
+			again.LastSeen = t0
+			if ok, err := st.Replace(ctx, "k", &again, seen.Add(time.Hour)); err != nil || !ok {
+				t.Fatalf("Replace: %v %v", ok, err)
+			}
+			if got, _, _ := st.Load(ctx, "k"); !got.LastSeen.Equal(seen) {
+				t.Errorf("LastSeen %v after a refresh with an older copy, want %v", got.LastSeen, seen)
+			}
+
+			// Touch never brings back an ended session.
+			if err := st.Delete(ctx, "k"); err != nil {
+				t.Fatal(err)
+			}
+			if ok, err := st.Touch(ctx, "k", seen, seen.Add(time.Hour)); err != nil || ok {
+				t.Fatalf("Touch of an ended session: %v %v", ok, err)
 			}
 			if _, found, _ := st.Load(ctx, "k"); found {
 				t.Fatal("ended session came back")

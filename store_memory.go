@@ -151,8 +151,28 @@ func (m *memoryStore) Replace(_ context.Context, key string, s *Session, deadlin
 	if !ok || !now().Before(old.deadline) {
 		return false, nil
 	}
+	if old.session.LastSeen.After(s.LastSeen) {
+		// A visit recorded since s was read (Touch) stays recorded.
+		kept := *s
+		kept.LastSeen = old.session.LastSeen
+		s = &kept
+	}
 	m.unindex(key, old.session)
 	m.putLocked(key, s, deadline)
+	return true, nil
+}
+
+func (m *memoryStore) Touch(_ context.Context, key string, seen, deadline time.Time) (bool, error) {
+	m.ready()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	old, ok := m.sessions[key]
+	if !ok || !now().Before(old.deadline) {
+		return false, nil
+	}
+	touched := *old.session // sessions taken from a store are never modified
+	touched.LastSeen = seen
+	m.sessions[key] = memoryEntry{session: &touched, deadline: deadline}
 	return true, nil
 }
 

@@ -280,7 +280,8 @@ func (c RedisStoreConfig) universalOptions() *redis.UniversalOptions {
 // redisStore is the Store that keeps sessions in Redis. Layout, with
 // base = "{<key_prefix>}" (one hash tag for all keys, see RedisStoreConfig):
 //
-//	<base>s:<key>       hash: data (the session as JSON), sid, sub, dl (deadline, unix ms); expires at dl
+//	<base>s:<key>       hash: data (the session as JSON), sid, sub, dl (deadline, unix ms),
+//	                    seen (the last visit, unix ms, when later than data's); expires at dl
 //	<base>sid:<sid>     set of the session keys that carry Pliro's sid
 //	<base>sub:<sub>     set of the session keys of one customer
 //	<base>u:<key>       replay cache entry of FirstUse, with its ttl
@@ -434,7 +435,7 @@ func (s *redisStore) Load(ctx context.Context, key string) (*Session, bool, erro
 	}
 	ctx, cancel := s.op(ctx)
 	defer cancel()
-	vals, err := s.client.HMGet(ctx, s.sessionKey(key), "data", "dl").Result()
+	vals, err := s.client.HMGet(ctx, s.sessionKey(key), "data", "dl", "seen").Result()
 	if err != nil {
 		return nil, false, fmt.Errorf("loading session: %w", err)
 	}
@@ -459,6 +460,14 @@ func (s *redisStore) Load(ctx context.Context, key string) (*Session, bool, erro
 		// than seeing 503 until the cookie goes.
 		s.logger.Warn("ignoring unreadable session in redis", zap.String("field", "data"), zap.Error(err))
 		return nil, false, nil
+	}
+	// Visits are written apart from the session (Touch).
+	if seenField, ok := vals[2].(string); ok {
+		if ms, err := strconv.ParseInt(seenField, 10, 64); err == nil {
+			if seen := time.UnixMilli(ms); seen.After(sess.LastSeen) {
+				sess.LastSeen = seen
+			}
+		}
 	}
 	if useCache {
 		s.cache.put(key, sess, deadline, gen)
@@ -508,6 +517,29 @@ func (s *redisStore) save(ctx context.Context, key string, sess *Session, deadli
 		return false, fmt.Errorf("saving session: %w", err)
 	}
 	return saved == 1, nil
+}
+
+// Touch writes the visit into the session's own field, not into its data,
+// so it never overwrites claims another instance refreshed meanwhile.
+func (s *redisStore) Touch(ctx context.Context, key string, seen, deadline time.Time) (bool, error) {
+	t := now()
+	if !deadline.After(t) {
+		if err := s.Delete(ctx, key); err != nil {
+			return false, fmt.Errorf("extending session: %w", err)
+		}
+		return false, nil
+	}
+	ctx, cancel := s.op(ctx)
+	defer cancel()
+	defer s.invalidateLocal(key)
+	indexTTL := deadline.Sub(t) + redisIndexSlack
+	touched, err := redisTouchScript.Run(ctx, s.client, []string{s.sessionKey(key)},
+		key, seen.UnixMilli(), deadline.UnixMilli(), indexTTL.Milliseconds(), s.base, s.channel,
+	).Int()
+	if err != nil {
+		return false, fmt.Errorf("extending session: %w", err)
+	}
+	return touched == 1, nil
 }
 
 func (s *redisStore) Delete(ctx context.Context, key string) error {
@@ -874,6 +906,32 @@ for i = 2, 3 do
   end
 end
 redis.call('PUBLISH', ARGV[8], ARGV[1])
+return 1
+`)
+
+// redisTouchScript records a visit of a session that exists: its seen
+// field, its deadline, and index sets that live at least as long.
+//
+//	KEYS: session hash
+//	ARGV: key, seen (unix ms), deadline (unix ms), index ttl (ms), base, channel
+var redisTouchScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
+local cur = redis.call('HMGET', KEYS[1], 'sid', 'sub')
+redis.call('HSET', KEYS[1], 'seen', ARGV[2], 'dl', ARGV[3])
+redis.call('PEXPIREAT', KEYS[1], ARGV[3])
+local ttl = tonumber(ARGV[4])
+local index = {'sid:', 'sub:'}
+for i = 1, 2 do
+  if cur[i] and cur[i] ~= '' then
+    local k = ARGV[5] .. index[i] .. cur[i]
+    if redis.call('PTTL', k) < ttl then
+      redis.call('PEXPIRE', k, ttl)
+    end
+  end
+end
+redis.call('PUBLISH', ARGV[6], ARGV[1])
 return 1
 `)
 

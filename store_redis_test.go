@@ -1246,3 +1246,26 @@ func TestRedisLibraryLogsGoToZap(t *testing.T) {
 		t.Errorf("logged below the configured level")
 	}
 }
+
+// A visit that moves a session's deadline moves its index sets' expiry too:
+// an index that expired before its session would hide the session from a
+// back-channel logout.
+func TestRedisTouchExtendsIndexes(t *testing.T) {
+	srv := startTestRedis(t)
+	raw := rawRedis(t, srv.addr)
+	ctx := context.Background()
+	s := newTestRedisStore(t, srv.addr, nil)
+	mustSave(t, s, "k1", testRedisSession("alice", "sid1"), time.Now().Add(time.Minute))
+	later := time.Now().Add(48 * time.Hour)
+	if ok, err := s.Touch(ctx, "k1", time.Now(), later); err != nil || !ok {
+		t.Fatalf("Touch: %v %v", ok, err)
+	}
+	for _, k := range []string{s.sessionKey("k1"), s.sidKey("sid1"), s.subKey("alice")} {
+		if ttl, _ := raw.PTTL(ctx, k).Result(); ttl < 47*time.Hour {
+			t.Errorf("%s expires in %v after a visit that extended the session to 48 h", k, ttl)
+		}
+	}
+	if n, err := s.DeleteByProviderSID(ctx, "sid1", ""); err != nil || n != 1 {
+		t.Errorf("DeleteByProviderSID after Touch = %d, %v; want 1", n, err)
+	}
+}
