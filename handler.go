@@ -166,7 +166,11 @@ func (h *Handler) startSignIn(w http.ResponseWriter, r *http.Request, returnTo s
 		opts = append(opts, oauth2.S256ChallengeOption(a.Verifier))
 	}
 	if err := h.saveSignInAttempt(w, r, a); err != nil {
-		w.Header().Set("Retry-After", "5")
+		if !silent {
+			// Only for the 503 the visitor sees: a silent attempt that
+			// cannot start is skipped, and the page served as it is.
+			w.Header().Set("Retry-After", "5")
+		}
 		return caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("starting sign-in: %w", err))
 	}
 	cfg := h.provider.oauth2Config(e, h.clientSecret, h.redirectURI(r), h.Scopes, h.authStyle())

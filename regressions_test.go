@@ -335,3 +335,43 @@ func TestSignInRacingBackchannelLogoutCreatesNoSession(t *testing.T) {
 		})
 	}
 }
+
+// failingKeys is a sealing-key source that is unreachable (Redis down when
+// the key is first needed).
+type failingKeys struct{}
+
+func (failingKeys) current(context.Context) (*sealer, error) {
+	return nil, errors.New("sealing key unavailable")
+}
+
+// A silent re-authentication that cannot start (no sealing key) is skipped
+// and the page is served as it is: that page must not carry the
+// Retry-After meant for the 503 of an interactive sign-in, which caches and
+// crawlers would take for "come back later".
+func TestFailedSilentStartLeavesNoRetryAfter(t *testing.T) {
+	h, _ := fuzzHandler(t)
+	h.keys = failingKeys{}
+	cookie, key := newSessionID()
+	t0 := now()
+	s := &Session{Subject: testSubject, ProviderSID: testProviderSID, Created: t0, LastSeen: t0, ClaimsAt: t0,
+		ReauthAt: t0.Add(-time.Hour), NeedsReauth: true}
+	if err := h.store.Save(context.Background(), key, s, t0.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	r, _ := unitCaddyRequest(http.MethodGet, "/article/7")
+	r.Header.Set("Sec-Fetch-Mode", "navigate")
+	r.Header.Set("Sec-Fetch-Dest", "document")
+	r.Header.Set("Accept", "text/html")
+	r.AddCookie(&http.Cookie{Name: defaultCookieName, Value: cookie})
+	w := httptest.NewRecorder()
+	var up unitUpstream
+	if err := h.ServeHTTP(w, r, up.handler()); err != nil {
+		t.Fatal(err)
+	}
+	if !up.called {
+		t.Fatalf("the page was not served: %d %v", w.Code, w.Header())
+	}
+	if got := w.Header().Get("Retry-After"); got != "" {
+		t.Errorf("served page carries Retry-After: %q", got)
+	}
+}
