@@ -151,6 +151,7 @@ type Handler struct {
 	clientSecret string // ClientSecret with placeholders expanded
 	callbackPath string
 	provider     *provider
+	providerKey  string // key of the provider in providerPool
 	store        Store
 	keys         sealerSource // gives the sealer of sign-in cookies
 	shared       string       // key of the state this config shares with others in sharedPool
@@ -228,8 +229,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.callbackPath = u.Path
 
 	var pinned []crypto.PublicKey
+	var pemBytes []byte
 	if h.PublicKeyFile != "" {
-		pemBytes, err := os.ReadFile(h.PublicKeyFile)
+		pemBytes, err = os.ReadFile(h.PublicKeyFile)
 		if err != nil {
 			return fmt.Errorf("reading public_key_file: %w", err)
 		}
@@ -241,14 +243,18 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			pinned = append(pinned, k)
 		}
 	}
-	h.provider = &provider{
+	// The provider is pooled like the sessions, so that a reload keeps what
+	// it has learned from Pliro (see providerPool).
+	h.provider, h.providerKey, err = loadProvider(&provider{
 		issuer:     h.Issuer,
 		clientID:   h.ClientID,
 		pkce:       h.PKCE,
 		clockSkew:  time.Duration(h.ClockSkew),
 		pinnedKeys: pinned,
 		timeout:    time.Duration(h.ProviderTimeout),
-		client:     newProviderClient(time.Duration(h.ProviderTimeout)),
+	}, pemBytes)
+	if err != nil {
+		return fmt.Errorf("setting up the sign-in provider: %w", err)
 	}
 
 	state, err := h.loadSharedState(ctx)
@@ -432,14 +438,22 @@ func isToken(s string) bool {
 	return true
 }
 
-// Cleanup releases this config's hold on the shared state; the last config
-// to let go stops the session store's sweeper.
+// Cleanup releases this config's hold on the shared state and the
+// provider; the last config to let go stops the session store's sweeper.
+// After a partial provision it releases what was taken.
 func (h *Handler) Cleanup() error {
-	if h.shared == "" {
-		return nil
+	var errs []error
+	if h.providerKey != "" {
+		_, err := providerPool.Delete(h.providerKey)
+		errs = append(errs, err)
+		h.providerKey = ""
 	}
-	_, err := sharedPool.Delete(h.shared)
-	return err
+	if h.shared != "" {
+		_, err := sharedPool.Delete(h.shared)
+		errs = append(errs, err)
+		h.shared = ""
+	}
+	return errors.Join(errs...)
 }
 
 func (h *Handler) clockSkew() time.Duration { return time.Duration(h.ClockSkew) }

@@ -3,6 +3,8 @@ package pliro
 import (
 	"context"
 	"crypto"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"net/http"
 	"slices"
@@ -10,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/coreos/go-oidc/v3/oidc"
 	"golang.org/x/oauth2"
 )
@@ -58,6 +61,68 @@ type provider struct {
 
 // maxDiscoveryGap is the longest wait between discovery attempts.
 const maxDiscoveryGap = time.Minute
+
+// providerPool keeps what a provider has learned (endpoints, the JWKS and
+// its refetch limiter, the discovery backoff) across config reloads: without
+// it every `caddy reload` would make the next protected request wait for
+// discovery and JWKS again, and would reset the limiter that keeps a flood
+// of forged tokens from hammering Pliro. Entries are keyed by every setting
+// a provider is made of (providerPoolKey), so a reload that changes one of
+// them gets a fresh provider and one that does not keeps the warm one.
+var providerPool = caddy.NewUsagePool()
+
+// providerPoolKey identifies a provider by all of its settings. The pinned
+// key counts by the file's contents, not its path: a key replaced in the
+// same file must not be outlived by the old one. The client needs no part
+// of its own, it is made from the timeout.
+func providerPoolKey(p *provider, pinnedPEM []byte) string {
+	pem := sha256.Sum256(pinnedPEM)
+	sum := sha256.Sum256(fmt.Appendf(nil, "%q %q %q %d %d %x",
+		p.issuer, p.clientID, p.pkce, p.clockSkew, p.timeout, pem))
+	return hex.EncodeToString(sum[:])
+}
+
+// loadProvider returns the pooled provider with cfg's settings, making it
+// (with its client) when no config holds one, and the pool key the caller
+// releases in Cleanup. cfg carries the settings only. Like Provision, it
+// does no network I/O.
+func loadProvider(cfg *provider, pinnedPEM []byte) (*provider, string, error) {
+	key := providerPoolKey(cfg, pinnedPEM)
+	val, loaded, err := providerPool.LoadOrNew(key, func() (caddy.Destructor, error) {
+		cfg.client = newProviderClient(cfg.timeout)
+		return cfg, nil
+	})
+	if err != nil {
+		return nil, "", err
+	}
+	p := val.(*provider)
+	if loaded {
+		p.retryNow()
+	}
+	return p, key, nil
+}
+
+// retryNow lifts the discovery backoff of a provider that has not reached
+// Pliro yet. An operator who reloads has often just fixed what kept Pliro
+// out of reach (the issuer's DNS, a firewall, Pliro itself), and should not
+// wait up to maxDiscoveryGap for the next attempt; reloads are operator
+// actions, so this opens no way to hammer Pliro.
+func (p *provider) retryNow() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.failures, p.retryAt = 0, time.Time{}
+}
+
+// Destruct runs when the last config using the provider is gone: it closes
+// the idle connections to Pliro, which nothing else would.
+func (p *provider) Destruct() error {
+	if t, ok := p.client.Transport.(timedTransport); ok {
+		if c, ok := t.next.(interface{ CloseIdleConnections() }); ok {
+			c.CloseIdleConnections()
+		}
+	}
+	return nil
+}
 
 // newProviderClient makes the one client for every call to Pliro. Each call
 // ends after timeout (provider_timeout), so a slow Pliro cannot hold

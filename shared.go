@@ -17,6 +17,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/certmagic"
+	"go.uber.org/zap"
 )
 
 // StoreConfig chooses where sessions live.
@@ -96,7 +97,7 @@ func (h *Handler) loadSharedState(ctx caddy.Context) (*sharedState, error) {
 		return &sharedState{
 			issuer: issuer, clientID: clientID, kind: "memory",
 			store: newMemoryStoreWith(persist),
-			keys:  &storedKey{storage: storage, name: path.Join(dir, "sealing-key")},
+			keys:  &storedKey{storage: storage, name: path.Join(dir, "sealing-key"), logger: logger},
 		}, nil
 	})
 	if err != nil {
@@ -130,6 +131,7 @@ func (h *Handler) sealerFor(ctx context.Context) (*sealer, error) {
 type storedKey struct {
 	storage certmagic.Storage // nil: a key for this process only
 	name    string
+	logger  *zap.Logger
 
 	mu sync.Mutex
 	s  *sealer
@@ -145,7 +147,7 @@ func (k *storedKey) current(ctx context.Context) (*sealer, error) {
 	_, _ = rand.Read(key)
 	if k.storage != nil {
 		var err error
-		if key, err = loadOrCreateKey(ctx, k.storage, k.name); err != nil {
+		if key, err = loadOrCreateKey(ctx, k.storage, k.name, k.logger); err != nil {
 			return nil, err
 		}
 	}
@@ -182,23 +184,64 @@ func (rs *redisSealer) current(ctx context.Context) (*sealer, error) {
 	return rs.cached, nil
 }
 
+// keyLockWait bounds the wait for the storage lock around creating the
+// sealing key. It outlasts a lock left behind by an instance that crashed
+// while holding it: certmagic's file storage breaks such a lock once it has
+// not been refreshed for 10 s. A variable for the tests.
+var keyLockWait = 20 * time.Second
+
 // loadOrCreateKey returns the 32-byte key kept in storage under name,
 // creating it on first use. Instances that share Caddy's storage share the
 // key.
-func loadOrCreateKey(ctx context.Context, storage certmagic.Storage, name string) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+//
+// Creating it holds the storage's lock: without it, two instances that
+// start together could both find no key, each store its own, and go on
+// sealing with different keys, so that a sign-in started on one fails on
+// the other (the later write wins in storage, but the first writer keeps
+// using its key until restart). When the lock cannot be had within
+// keyLockWait the caller gets an error, not a key made without it: the
+// sign-in that needed it fails visibly, and storedKey tries again on the
+// next one, whereas a key that silently differs between instances fails
+// sign-ins at random and only until somebody restarts.
+func loadOrCreateKey(ctx context.Context, storage certmagic.Storage, name string, logger *zap.Logger) ([]byte, error) {
+	// The key serves everyone: a visitor hanging up must not abandon it
+	// halfway, nor leave the lock behind.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), keyLockWait)
 	defer cancel()
-	key, err := storage.Load(ctx, name)
-	if err == nil && len(key) == 32 {
-		return key, nil
+	// Nearly always the key exists: read it without the lock.
+	if key, err := loadKey(ctx, storage, name); err != nil || key != nil {
+		return key, err
 	}
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("reading %s from storage: %w", name, err)
+	lock := name + ".create"
+	if err := storage.Lock(ctx, lock); err != nil {
+		return nil, fmt.Errorf("locking %s in storage to create it (another instance may hold the lock): %w", name, err)
 	}
-	key = make([]byte, 32)
+	defer func() {
+		if err := storage.Unlock(context.WithoutCancel(ctx), lock); err != nil {
+			logger.Warn("unlocking the sealing key in storage", zap.String("key", name), zap.Error(err))
+		}
+	}()
+	// Another instance may have created it while we waited for the lock.
+	if key, err := loadKey(ctx, storage, name); err != nil || key != nil {
+		return key, err
+	}
+	key := make([]byte, 32)
 	_, _ = rand.Read(key)
 	if err := storage.Store(ctx, name, key); err != nil {
 		return nil, fmt.Errorf("writing %s to storage: %w", name, err)
 	}
 	return key, nil
+}
+
+// loadKey reads the key; nil and no error when there is none (or it is not
+// 32 bytes long, and is to be replaced).
+func loadKey(ctx context.Context, storage certmagic.Storage, name string) ([]byte, error) {
+	key, err := storage.Load(ctx, name)
+	switch {
+	case err == nil && len(key) == 32:
+		return key, nil
+	case err != nil && !errors.Is(err, fs.ErrNotExist):
+		return nil, fmt.Errorf("reading %s from storage: %w", name, err)
+	}
+	return nil, nil
 }

@@ -249,10 +249,10 @@ func TestSignOutWhileProviderUnreachable(t *testing.T) {
 	thief := newBrowser(t)
 	copyCookies(site, b, thief)
 
-	// A reload makes a new handler that has not discovered Pliro yet; the
-	// sessions survive it.
+	// A reload that changes the provider's settings makes a new provider
+	// that has not discovered Pliro yet; the sessions survive it.
 	p.down.Store(true)
-	site.load(siteFor(p, "sign_out_redirect /goodbye"))
+	site.load(siteFor(p, "sign_out_redirect /goodbye\n\t\tprovider_timeout 9s"))
 	requireSessionAlive(t, site, b)
 
 	requireRedirect(t, signOut(t, site, b, nil), "/goodbye")
