@@ -78,7 +78,7 @@ func (h *Handler) serveBackchannelLogout(w http.ResponseWriter, r *http.Request)
 		// sign-in with this sid still in flight checks the mark after saving
 		// its session (see finishSignIn), so either this deletion finds that
 		// session or that check finds the mark.
-		if _, err = h.store.FirstUse(r.Context(), endedSIDKey(lt.SID), endedSIDTTL); err == nil {
+		if err = h.store.MarkSIDEnded(r.Context(), lt.SID, lt.IssuedAt, endedSIDTTL); err == nil {
 			ended, err = h.store.DeleteByProviderSID(r.Context(), lt.SID, lt.Subject)
 		}
 	} else {
@@ -129,6 +129,7 @@ func writeLogoutError(w http.ResponseWriter, status int, code, description strin
 type logoutToken struct {
 	Subject   string
 	SID       string
+	IssuedAt  time.Time
 	replayKey string // jti, or the token's hash when Pliro sends no jti
 }
 
@@ -223,7 +224,7 @@ func (h *Handler) verifyLogoutToken(ctx context.Context, raw string) (*logoutTok
 	if c.Subject == "" && c.SID == "" {
 		return nil, errors.New("logout token has neither sub nor sid")
 	}
-	lt := &logoutToken{Subject: c.Subject, SID: c.SID}
+	lt := &logoutToken{Subject: c.Subject, SID: c.SID, IssuedAt: iat}
 	if c.JTI != "" {
 		// The jti is unique per issuer; prefix it so no other key collides.
 		lt.replayKey = "jti:" + c.JTI
@@ -256,10 +257,6 @@ func (a *logoutAudience) UnmarshalJSON(b []byte) error {
 // a sign-in attempt lives, the longest a callback can come after Pliro
 // issued its code, plus a margin for the token exchange.
 const endedSIDTTL = signInAttemptTTL + time.Minute
-
-// endedSIDKey names the replay-cache entry that marks Pliro's session sid
-// as ended by a back-channel logout.
-func endedSIDKey(sid string) string { return "ended-sid:" + sid }
 
 // logoutReplayTTL keeps a seen token in the replay cache for longer than it
 // could be accepted.

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 )
 
 // customerClaims are the claims Pliro issues about a customer, in the ID
@@ -24,6 +25,11 @@ type customerClaims struct {
 	// Extra holds the other claims with a simple value, for pliro_require's
 	// claim rules.
 	Extra map[string][]string `json:"-"`
+
+	// AuthTime is when the customer last authenticated at Pliro: the ID
+	// token's auth_time, or its iat when Pliro leaves auth_time out (it is
+	// optional, OIDC Core §2). Zero for userinfo.
+	AuthTime time.Time `json:"-"`
 }
 
 func (c *customerClaims) session() *Session {
@@ -171,9 +177,14 @@ func (h *Handler) verifyIDToken(ctx context.Context, e *endpoints, raw, nonce, a
 		return nil, fmt.Errorf("reading claims: %w", err)
 	}
 	var azp struct {
-		AuthorizedParty string `json:"azp"`
+		AuthorizedParty string   `json:"azp"`
+		AuthTime        *float64 `json:"auth_time"`
 	}
 	_ = json.Unmarshal(payload, &azp)
+	c.AuthTime = tok.IssuedAt
+	if azp.AuthTime != nil {
+		c.AuthTime = time.Unix(int64(*azp.AuthTime), 0)
+	}
 	// azp: with several audiences it must be present, and when present it
 	// must be us (OIDC Core §3.1.3.7 steps 4 and 5).
 	if len(tok.Audience) > 1 && azp.AuthorizedParty == "" {

@@ -275,9 +275,11 @@ func (h *Handler) finishSignIn(w http.ResponseWriter, r *http.Request) (silent b
 	// and this check runs after the save, so one of the two sees the other;
 	// a session must not outlive its Pliro session (Back-Channel Logout 1.0
 	// §2.7). The customer arrives signed out, and a protected page signs
-	// them in afresh.
+	// them in afresh. Only an authentication from before the logout is
+	// refused: should Pliro ever reuse a sid, a new sign-in still works.
 	if s.ProviderSID != "" {
-		ended, err := h.store.Used(r.Context(), endedSIDKey(s.ProviderSID))
+		endedAt, marked, err := h.store.SIDEndedAt(r.Context(), s.ProviderSID)
+		ended := marked && !claims.AuthTime.After(endedAt)
 		if err != nil || ended {
 			if delErr := h.store.Delete(context.WithoutCancel(r.Context()), key); delErr != nil {
 				h.logger.Warn("ending a session of an ended Pliro session", zap.Error(delErr))

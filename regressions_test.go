@@ -375,3 +375,23 @@ func TestFailedSilentStartLeavesNoRetryAfter(t *testing.T) {
 		t.Errorf("served page carries Retry-After: %q", got)
 	}
 }
+
+// The other variant of Pliro: should it keep a customer's sid across
+// sign-ins (a per-browser sid), the mark of a back-channel logout must not
+// lock the customer out. A sign-in that authenticated after the logout
+// works; were the mark taken for "this sid may not sign in", every attempt
+// for the next 11 minutes would loop through Pliro and back.
+func TestSignInAfterBackchannelLogoutWithReusedSID(t *testing.T) {
+	p, site, b := startSignedIn(t, "")
+	// Pliro sent the logout two seconds ago (iat), and keeps the sid.
+	requireLogoutAccepted(t, postLogoutToken(t, site, p.logoutToken(func(_, c map[string]any) {
+		c["iat"] = time.Now().Add(-2 * time.Second).Unix()
+	})))
+	requireSessionEnded(t, site, b)
+
+	resp := signIn(t, site, b, "/members/x")
+	if !strings.Contains(resp.body, "sid="+testProviderSID) {
+		t.Fatalf("signed in with another sid: %q", resp.body)
+	}
+	requireSessionAlive(t, site, b)
+}

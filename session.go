@@ -90,8 +90,12 @@ type Store interface {
 	FirstUse(ctx context.Context, key string, ttl time.Duration) (bool, error)
 	// Forget undoes FirstUse for key (the use did not happen).
 	Forget(ctx context.Context, key string) error
-	// Used reports whether FirstUse recorded key less than its ttl ago.
-	Used(ctx context.Context, key string) (bool, error)
+	// MarkSIDEnded remembers, for ttl, that Pliro ended its session sid at
+	// the time at (by Pliro's clock), for SIDEndedAt.
+	MarkSIDEnded(ctx context.Context, sid string, at time.Time, ttl time.Duration) error
+	// SIDEndedAt returns when Pliro ended its session sid, if that is
+	// remembered.
+	SIDEndedAt(ctx context.Context, sid string) (time.Time, bool, error)
 }
 
 // sessionIDBytes is the entropy of a session ID: 256 bits, as scs does.

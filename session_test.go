@@ -4,6 +4,9 @@ import (
 	"context"
 	"testing"
 	"time"
+
+	"github.com/caddyserver/certmagic"
+	"go.uber.org/zap"
 )
 
 // bothStores makes a fresh store of each kind.
@@ -105,4 +108,51 @@ func TestVisitDoesNotUndoARefresh(t *testing.T) {
 			}
 		})
 	}
+}
+
+// The marks of Pliro sessions ended by back-channel logout: read back with
+// their time, forgotten after their ttl, and (memory store) kept across a
+// restart like the replay cache.
+func TestSIDEndedMarks(t *testing.T) {
+	for name, store := range bothStores {
+		t.Run(name, func(t *testing.T) {
+			st := store(t)
+			ctx := context.Background()
+			at := time.Now().Add(-3 * time.Second).Truncate(time.Second)
+			if err := st.MarkSIDEnded(ctx, "sid-1", at, time.Minute); err != nil {
+				t.Fatal(err)
+			}
+			if err := st.MarkSIDEnded(ctx, "sid-short", at, 50*time.Millisecond); err != nil {
+				t.Fatal(err)
+			}
+			got, ok, err := st.SIDEndedAt(ctx, "sid-1")
+			if err != nil || !ok || !got.Equal(at) {
+				t.Fatalf("SIDEndedAt(sid-1) = %v, %v, %v; want %v", got, ok, err, at)
+			}
+			if _, ok, err := st.SIDEndedAt(ctx, "sid-unknown"); ok || err != nil {
+				t.Errorf("unknown sid marked: %v %v", ok, err)
+			}
+			time.Sleep(100 * time.Millisecond)
+			if _, ok, _ := st.SIDEndedAt(ctx, "sid-short"); ok {
+				t.Errorf("mark outlived its ttl")
+			}
+		})
+	}
+
+	t.Run("memory store restart", func(t *testing.T) {
+		fsStore := &certmagic.FileStorage{Path: t.TempDir()}
+		m1 := newMemoryStoreWith(&persistence{storage: fsStore, key: "s.json", logger: zap.NewNop()})
+		at := time.Now().Truncate(time.Second)
+		if err := m1.MarkSIDEnded(context.Background(), "sid-1", at, time.Minute); err != nil {
+			t.Fatal(err)
+		}
+		if err := m1.Destruct(); err != nil {
+			t.Fatal(err)
+		}
+		m2 := newMemoryStoreWith(&persistence{storage: fsStore, key: "s.json", logger: zap.NewNop()})
+		t.Cleanup(func() { _ = m2.Destruct() })
+		if got, ok, _ := m2.SIDEndedAt(context.Background(), "sid-1"); !ok || !got.Equal(at) {
+			t.Errorf("after restart: %v %v; want %v", got, ok, at)
+		}
+	})
 }

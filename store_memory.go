@@ -27,6 +27,7 @@ type memoryStore struct {
 	bySID    map[string]keySet    // Pliro sid -> session keys
 	bySub    map[string]keySet    // subject -> session keys
 	used     map[string]time.Time // replay cache: key -> forget after
+	endedSID map[string]sidMark   // Pliro sids ended by back-channel logout
 	ended    map[string]time.Time // ended since the last snapshot: key -> its deadline
 
 	persist  *persistence  // nil: memory only
@@ -77,6 +78,7 @@ func newMemoryStoreWith(p *persistence) *memoryStore {
 		bySID:    make(map[string]keySet),
 		bySub:    make(map[string]keySet),
 		used:     make(map[string]time.Time),
+		endedSID: make(map[string]sidMark),
 		ended:    make(map[string]time.Time),
 		persist:  p,
 		endedDue: make(chan struct{}, 1),
@@ -238,12 +240,29 @@ func (m *memoryStore) Forget(_ context.Context, key string) error {
 	return nil
 }
 
-func (m *memoryStore) Used(_ context.Context, key string) (bool, error) {
+// sidMark is when Pliro ended one of its sessions, and when to forget it.
+type sidMark struct {
+	At    time.Time `json:"at"`
+	Until time.Time `json:"until"`
+}
+
+func (m *memoryStore) MarkSIDEnded(_ context.Context, sid string, at time.Time, ttl time.Duration) error {
 	m.ready()
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	until, ok := m.used[key]
-	return ok && now().Before(until), nil
+	m.endedSID[sid] = sidMark{At: at, Until: now().Add(ttl)}
+	return nil
+}
+
+func (m *memoryStore) SIDEndedAt(_ context.Context, sid string) (time.Time, bool, error) {
+	m.ready()
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	mark, ok := m.endedSID[sid]
+	if !ok || !now().Before(mark.Until) {
+		return time.Time{}, false, nil
+	}
+	return mark.At, true, nil
 }
 
 func (m *memoryStore) countSessions(*http.Request) (int, error) { return m.count(), nil }
@@ -365,6 +384,7 @@ type memorySnapshot struct {
 	Version  int                  `json:"version"`
 	Sessions []snapshotEntry      `json:"sessions"`
 	Used     map[string]time.Time `json:"used,omitempty"`
+	EndedSID map[string]sidMark   `json:"ended_sids,omitempty"`
 }
 
 type snapshotEntry struct {
@@ -380,7 +400,7 @@ const snapshotVersion = 1
 // mode 0600 next to the TLS private keys, which need the same care.
 func (m *memoryStore) save() error {
 	t := now()
-	snap := memorySnapshot{Version: snapshotVersion, Used: map[string]time.Time{}}
+	snap := memorySnapshot{Version: snapshotVersion, Used: map[string]time.Time{}, EndedSID: map[string]sidMark{}}
 	m.mu.RLock()
 	for key, e := range m.sessions {
 		if t.Before(e.deadline) {
@@ -390,6 +410,11 @@ func (m *memoryStore) save() error {
 	for key, until := range m.used {
 		if t.Before(until) {
 			snap.Used[key] = until
+		}
+	}
+	for sid, mark := range m.endedSID {
+		if t.Before(mark.Until) {
+			snap.EndedSID[sid] = mark
 		}
 	}
 	endedBefore := make([]string, 0, len(m.ended))
@@ -454,6 +479,11 @@ func (m *memoryStore) restore() error {
 			m.used[key] = until
 		}
 	}
+	for sid, mark := range snap.EndedSID {
+		if t.Before(mark.Until) {
+			m.endedSID[sid] = mark
+		}
+	}
 	// Sessions ended after that snapshot stay ended, and listed until the
 	// next one.
 	for key, deadline := range ended {
@@ -478,6 +508,11 @@ func (m *memoryStore) sweep() {
 	for key, until := range m.used {
 		if !t.Before(until) {
 			delete(m.used, key)
+		}
+	}
+	for sid, mark := range m.endedSID {
+		if !t.Before(mark.Until) {
+			delete(m.endedSID, sid)
 		}
 	}
 	for key, deadline := range m.ended {

@@ -285,6 +285,7 @@ func (c RedisStoreConfig) universalOptions() *redis.UniversalOptions {
 //	<base>sid:<sid>     set of the session keys that carry Pliro's sid
 //	<base>sub:<sub>     set of the session keys of one customer
 //	<base>u:<key>       replay cache entry of FirstUse, with its ttl
+//	<base>ended-sid:<sid>  when Pliro ended its session sid (unix ms), with a ttl
 //	<base>sealing-key   the 32-byte key that seals sign-in cookies, no expiry
 //
 // Index sets expire with their longest-living member (plus a minute);
@@ -386,9 +387,10 @@ func (s *redisStore) Close() error {
 // Destruct closes the store, so that it can live in a caddy.UsagePool.
 func (s *redisStore) Destruct() error { return s.Close() }
 
-func (s *redisStore) sessionKey(key string) string { return s.base + "s:" + key }
-func (s *redisStore) sidKey(sid string) string     { return s.base + "sid:" + sid }
-func (s *redisStore) subKey(sub string) string     { return s.base + "sub:" + sub }
+func (s *redisStore) sessionKey(key string) string  { return s.base + "s:" + key }
+func (s *redisStore) sidKey(sid string) string      { return s.base + "sid:" + sid }
+func (s *redisStore) subKey(sub string) string      { return s.base + "sub:" + sub }
+func (s *redisStore) endedSIDKey(sid string) string { return s.base + "ended-sid:" + sid }
 
 // op bounds one store call, whatever the caller's context allows.
 func (s *redisStore) op(ctx context.Context) (context.Context, context.CancelFunc) {
@@ -611,14 +613,26 @@ func (s *redisStore) Forget(ctx context.Context, key string) error {
 	return s.client.Del(ctx, s.base+"u:"+key).Err()
 }
 
-func (s *redisStore) Used(ctx context.Context, key string) (bool, error) {
+func (s *redisStore) MarkSIDEnded(ctx context.Context, sid string, at time.Time, ttl time.Duration) error {
 	ctx, cancel := s.op(ctx)
 	defer cancel()
-	n, err := s.client.Exists(ctx, s.base+"u:"+key).Result()
-	if err != nil {
-		return false, fmt.Errorf("reading first use: %w", err)
+	if err := s.client.Set(ctx, s.endedSIDKey(sid), at.UnixMilli(), ttl).Err(); err != nil {
+		return fmt.Errorf("marking Pliro session ended: %w", err)
 	}
-	return n > 0, nil
+	return nil
+}
+
+func (s *redisStore) SIDEndedAt(ctx context.Context, sid string) (time.Time, bool, error) {
+	ctx, cancel := s.op(ctx)
+	defer cancel()
+	ms, err := s.client.Get(ctx, s.endedSIDKey(sid)).Int64()
+	if errors.Is(err, redis.Nil) {
+		return time.Time{}, false, nil
+	}
+	if err != nil {
+		return time.Time{}, false, fmt.Errorf("reading ended Pliro session: %w", err)
+	}
+	return time.UnixMilli(ms), true, nil
 }
 
 // SealingKey returns the 32-byte key that seals sign-in cookies, the same

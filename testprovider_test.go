@@ -63,7 +63,8 @@ type testProvider struct {
 
 type codeGrant struct {
 	nonce, challenge, redirectURI string
-	sid                           string // the provider session the code belongs to
+	sid                           string    // the provider session the code belongs to
+	authTime                      time.Time // when the customer authenticated
 }
 
 const (
@@ -188,7 +189,7 @@ func (p *testProvider) serveAuthorize(w http.ResponseWriter, r *http.Request) {
 		code := randomToken(16)
 		p.mu.Lock()
 		sid, _ := p.customer["sid"].(string)
-		p.codes[code] = codeGrant{nonce: q.Get("nonce"), challenge: q.Get("code_challenge"), redirectURI: q.Get("redirect_uri"), sid: sid}
+		p.codes[code] = codeGrant{nonce: q.Get("nonce"), challenge: q.Get("code_challenge"), redirectURI: q.Get("redirect_uri"), sid: sid, authTime: time.Now()}
 		p.mu.Unlock()
 		back.Set("code", code)
 	}
@@ -242,23 +243,26 @@ func (p *testProvider) serveToken(w http.ResponseWriter, r *http.Request) {
 		"access_token": access,
 		"token_type":   "Bearer",
 		"expires_in":   7200,
-		"id_token":     p.idTokenForSession(grant.nonce, grant.sid),
+		"id_token":     p.idTokenForSession(grant.nonce, grant.sid, grant.authTime),
 	})
 }
 
 // idToken mints an ID token for the current customer.
-func (p *testProvider) idToken(nonce string) string { return p.idTokenForSession(nonce, "") }
+func (p *testProvider) idToken(nonce string) string {
+	return p.idTokenForSession(nonce, "", time.Now())
+}
 
 // idTokenForSession mints an ID token for the current customer in the
-// provider session sid (when not empty: the one its code was issued in).
-func (p *testProvider) idTokenForSession(nonce, sid string) string {
+// provider session sid (when not empty: the one its code was issued in),
+// who authenticated at authTime.
+func (p *testProvider) idTokenForSession(nonce, sid string, authTime time.Time) string {
 	t := time.Now()
 	claims := map[string]any{
 		"iss":       p.issuer,
 		"aud":       p.clientID,
 		"iat":       t.Unix(),
 		"exp":       t.Add(2 * time.Minute).Unix(),
-		"auth_time": t.Unix(),
+		"auth_time": authTime.Unix(),
 	}
 	if nonce != "" {
 		claims["nonce"] = nonce
