@@ -42,6 +42,7 @@ func fuzzHandler(t testing.TB) (*Handler, *ecdsa.PrivateKey) {
 	h.setDefaults()
 	h.clientSecret, h.callbackPath = testClientSecret, defaultRedirectPath
 	h.logger, h.refreshing, h.keys = zap.NewNop(), new(sync.Map), s
+	h.storeErrors = newLogThrottle(storeWarningInterval)
 	store := newMemoryStore()
 	t.Cleanup(func() { _ = store.Destruct() })
 	h.store = store

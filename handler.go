@@ -47,7 +47,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if storeErr != nil {
 		// The store is down: the site goes on serving public pages to an
 		// anonymous visitor; pliro_require answers 503 on protected ones.
-		h.logger.Warn("loading session", zap.Error(storeErr))
+		h.storeErrors.warn(h.logger, "loading session", storeErr)
 	}
 	switch {
 	case s != nil:

@@ -156,6 +156,7 @@ type Handler struct {
 	keys         sealerSource // gives the sealer of sign-in cookies
 	shared       string       // key of the state this config shares with others in sharedPool
 	refreshing   *sync.Map    // store keys of sessions whose claims are being refreshed
+	storeErrors  *logThrottle // warnings about a failing store on the request path
 	events       *events      // the events app, for pliro_* events
 	logger       *zap.Logger
 }
@@ -196,6 +197,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	h.setDefaults()
 	h.refreshing = new(sync.Map)
+	h.storeErrors = newLogThrottle(storeWarningInterval)
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("registering metrics: %w", err)
 	}

@@ -9,8 +9,6 @@ import (
 	"net/textproto"
 	"strings"
 	"time"
-
-	"go.uber.org/zap"
 )
 
 // Session is what the module knows about one signed-in customer. It lives on
@@ -193,7 +191,7 @@ func (h *Handler) loadSession(r *http.Request) (s *Session, key string, err erro
 		touched.LastSeen = now
 		switch alive, err := h.store.Touch(r.Context(), key, now, h.deadline(&touched)); {
 		case err != nil:
-			h.logger.Warn("extending session", zap.Error(err))
+			h.storeErrors.warn(h.logger, "extending session", err)
 		case !alive:
 			return nil, key, nil // ended while this request was reading it
 		default:
