@@ -3,13 +3,16 @@ package pliro
 import (
 	"fmt"
 	"io"
+	mathrand "math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/caddyserver/caddy/v2"
@@ -124,14 +127,73 @@ func (s *testSite) logs() string {
 	return string(b)
 }
 
-func freePort(t *testing.T) int {
+// freePort returns a loopback port that nothing listens on, for a server
+// the test starts afterwards. The port is free when freePort returns, not
+// reserved, so two races are kept out: it is below Linux's ephemeral range
+// (ip_local_port_range), so no outgoing connection of this or another
+// process (the kernel picks their local ports from that range) takes it
+// before the server binds it; and it is never handed out twice in this
+// process, so a later freePort cannot return a port whose server is not
+// listening yet (net.Listen on port 0 may well return the port it just
+// returned).
+func freePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	usedPorts.Lock()
+	defer usedPorts.Unlock()
+	if usedPorts.m == nil {
+		usedPorts.m = map[int]bool{}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	lo, hi := 20000, ephemeralPortsFrom()
+	for range 1000 {
+		port := 0
+		if hi-lo >= 1000 {
+			port = lo + mathrand.IntN(hi-lo)
+			if usedPorts.m[port] {
+				continue
+			}
+		}
+		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err != nil {
+			if port == 0 {
+				t.Fatal(err)
+			}
+			continue // in use
+		}
+		port = l.Addr().(*net.TCPAddr).Port
+		_ = l.Close()
+		if usedPorts.m[port] {
+			continue
+		}
+		usedPorts.m[port] = true
+		return port
+	}
+	t.Fatal("no free loopback port found")
+	return 0
+}
+
+// usedPorts are the ports freePort handed out.
+var usedPorts struct {
+	sync.Mutex
+	m map[int]bool
+}
+
+// ephemeralPortsFrom is the first port of Linux's ephemeral range (32768
+// by default), or 0 where it cannot be read (then freePort takes ports
+// from the kernel, still never the same twice).
+func ephemeralPortsFrom() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0
+	}
+	n, err := strconv.Atoi(f[0])
+	if err != nil {
+		return 0
+	}
+	return n
 }
 
 // browser is an HTTP client with a cookie jar that behaves like a browser

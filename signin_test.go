@@ -516,7 +516,8 @@ func TestSlowProviderDoesNotHoldSignIns(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if status, took := signIn(); status != http.StatusBadGateway || took > 3*time.Second {
+			// Well below the endpoint's 10s, with room for a loaded machine.
+			if status, took := signIn(); status != http.StatusBadGateway || took > 5*time.Second {
 				t.Errorf("sign-in against a hanging token endpoint: %d after %s", status, took)
 			}
 		}()
@@ -525,7 +526,7 @@ func TestSlowProviderDoesNotHoldSignIns(t *testing.T) {
 	// Idle keep-alive connections are not a pile-up: 20 stuck sign-ins
 	// would be 20 goroutines or more.
 	http.DefaultTransport.(*http.Transport).CloseIdleConnections()
-	deadline := time.Now().Add(3 * time.Second)
+	deadline := time.Now().Add(10 * time.Second)
 	for runtime.NumGoroutine() > before+10 && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)
 	}

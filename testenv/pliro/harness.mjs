@@ -17,15 +17,41 @@ export const CLIENT_SECRET = 'news-example-secret';
 export const CHROMIUM = process.env.PLIRO_CHROMIUM || '/usr/bin/chromium';
 export const CADDY_BIN = process.env.PLIRO_CADDY_BIN ? resolve(process.env.PLIRO_CADDY_BIN) : join(REPO, 'bin', 'caddy');
 
-export function freePort() {
-  return new Promise((resolvePort, reject) => {
+// A loopback port nothing listens on, for a server started afterwards. It is free, not reserved, so it
+// is taken below Linux's ephemeral range (where the kernel picks the local ports of outgoing
+// connections, which could take it before the server binds it) and never handed out twice by this
+// process (a later call could otherwise return a port whose server is not listening yet).
+const usedPorts = new Set();
+function ephemeralPortsFrom() {
+  try {
+    return Number(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]) || 0;
+  } catch {
+    return 0;
+  }
+}
+function tryListen(port) {
+  return new Promise((resolvePort) => {
     const s = createServer();
-    s.on('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolvePort(port));
+    s.on('error', () => resolvePort(0));
+    s.listen(port, '127.0.0.1', () => {
+      const got = s.address().port;
+      s.close(() => resolvePort(got));
     });
   });
+}
+export async function freePort() {
+  const lo = 20000;
+  const hi = ephemeralPortsFrom();
+  for (let i = 0; i < 1000; i++) {
+    const want = hi - lo >= 1000 ? lo + Math.floor(Math.random() * (hi - lo)) : 0;
+    if (want && usedPorts.has(want)) continue;
+    const port = await tryListen(want);
+    if (port && !usedPorts.has(port)) {
+      usedPorts.add(port);
+      return port;
+    }
+  }
+  throw new Error('no free loopback port found');
 }
 
 function tail(text, lines = 40) {
@@ -86,7 +112,7 @@ export async function startStandin({ sitePort, backchannel = true }) {
     },
   });
   await new Promise((ok, fail) => {
-    const t = setTimeout(() => fail(new Error(`stand-in not ready within 15s:\n${proc.log()}`)), 15000);
+    const t = setTimeout(() => fail(new Error(`stand-in not ready within 60s:\n${proc.log()}`)), 60000);
     const onData = () => {
       if (proc.out.includes(`pliro-standin ready ${issuer}\n`)) {
         clearTimeout(t);
@@ -152,14 +178,14 @@ export async function startCaddy({ port, issuer }) {
     },
   });
   const origin = `http://localhost:${port}`;
-  const deadline = Date.now() + 15000;
+  const deadline = Date.now() + 60000;
   for (;;) {
     if (proc.exited) throw new Error(`caddy exited (${JSON.stringify(proc.exited)}):\n${proc.log()}`);
     try {
       const res = await fetch(`${origin}/style.css`);
       if (res.ok) break;
     } catch { /* not listening yet */ }
-    if (Date.now() > deadline) { await proc.stop(); throw new Error(`caddy not serving ${origin} within 15s:\n${proc.log()}`); }
+    if (Date.now() > deadline) { await proc.stop(); throw new Error(`caddy not serving ${origin} within 60s:\n${proc.log()}`); }
     await new Promise((r) => setTimeout(r, 100));
   }
   return {
@@ -204,10 +230,11 @@ export async function launchBrowser() {
     ],
     viewport: { width: 1200, height: 860 },
     locale: 'en-GB',
-    timeout: 20000,
+    timeout: 60000,
   });
-  context.setDefaultTimeout(10000);
-  context.setDefaultNavigationTimeout(10000);
+  // Generous for a loaded CI machine; every wait still ends.
+  context.setDefaultTimeout(30000);
+  context.setDefaultNavigationTimeout(30000);
   const page = context.pages()[0] || await context.newPage();
   return {
     context,

@@ -93,7 +93,7 @@ async function startStandin(extraEnv) {
   child.stderr.on('data', (d) => { stderr += d; if (VERBOSE) process.stderr.write(d); });
   await new Promise((resolve, reject) => {
     let out = '';
-    const t = setTimeout(() => reject(new Error(`stand-in not ready in 10s\n${stderr}`)), 10000);
+    const t = setTimeout(() => reject(new Error(`stand-in not ready in 60s\n${stderr}`)), 60000);
     child.stdout.on('data', (d) => {
       out += d;
       if (out.includes(`pliro-standin ready ${issuer}\n`)) { clearTimeout(t); resolve(); }
