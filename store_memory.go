@@ -149,8 +149,8 @@ func (m *memoryStore) Replace(_ context.Context, key string, s *Session, deadlin
 	m.ready()
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	old, ok := m.sessions[key]
-	if !ok || !now().Before(old.deadline) {
+	old, ok := m.liveLocked(key)
+	if !ok {
 		return false, nil
 	}
 	if old.session.LastSeen.After(s.LastSeen) {
@@ -168,14 +168,21 @@ func (m *memoryStore) Touch(_ context.Context, key string, seen, deadline time.T
 	m.ready()
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	old, ok := m.sessions[key]
-	if !ok || !now().Before(old.deadline) {
+	old, ok := m.liveLocked(key)
+	if !ok {
 		return false, nil
 	}
 	touched := *old.session // sessions taken from a store are never modified
 	touched.LastSeen = seen
 	m.sessions[key] = memoryEntry{session: &touched, deadline: deadline}
 	return true, nil
+}
+
+// liveLocked returns the session saved under key, unless its deadline
+// passed.
+func (m *memoryStore) liveLocked(key string) (memoryEntry, bool) {
+	e, ok := m.sessions[key]
+	return e, ok && now().Before(e.deadline)
 }
 
 func (m *memoryStore) putLocked(key string, s *Session, deadline time.Time) {

@@ -128,7 +128,13 @@ func (p *testProvider) rotateKey() {
 
 // publicKeyPEM writes the current public key as a PEM file (pinned mode).
 func (p *testProvider) publicKeyPEM(t *testing.T) string {
-	der, err := x509.MarshalPKIXPublicKey(&p.key.PublicKey)
+	return writePEMFile(t, &p.key.PublicKey)
+}
+
+// writePEMFile writes a public key as a PEM file and returns its path.
+func writePEMFile(t *testing.T, pub any) string {
+	t.Helper()
+	der, err := x509.MarshalPKIXPublicKey(pub)
 	if err != nil {
 		t.Fatal(err)
 	}
