@@ -223,8 +223,13 @@ func TestCrashNeverBringsBackAnEndedSession(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	// crash: no Destruct
+	// crash: the store stops without writing anything (no Destruct); its
+	// sweeper must stop too, or it would read the test clock that later
+	// tests move.
+	close(m1.stop)
+	<-m1.stopped
 	m2 := newMemoryStoreWith(&persistence{storage: st, key: "s.json", logger: zap.NewNop()})
+	t.Cleanup(func() { _ = m2.Destruct() })
 	if _, found, _ := m2.Load(context.Background(), k); found {
 		t.Errorf("session ended before the crash is alive again after the restart")
 	}
