@@ -27,8 +27,9 @@ type customerClaims struct {
 	Extra map[string][]string `json:"-"`
 
 	// AuthTime is when the customer last authenticated at Pliro: the ID
-	// token's auth_time, or its iat when Pliro leaves auth_time out (it is
-	// optional, OIDC Core §2). Zero for userinfo.
+	// token's auth_time (Pliro sends it; OIDC Core §2 makes it optional).
+	// Zero when absent, and for userinfo: the iat of an ID token is when
+	// the code was redeemed, not when the customer authenticated.
 	AuthTime time.Time `json:"-"`
 }
 
@@ -181,7 +182,6 @@ func (h *Handler) verifyIDToken(ctx context.Context, e *endpoints, raw, nonce, a
 		AuthTime        *float64 `json:"auth_time"`
 	}
 	_ = json.Unmarshal(payload, &azp)
-	c.AuthTime = tok.IssuedAt
 	if azp.AuthTime != nil {
 		c.AuthTime = time.Unix(int64(*azp.AuthTime), 0)
 	}

@@ -274,9 +274,11 @@ func (h *Handler) finishSignIn(w http.ResponseWriter, r *http.Request) (silent b
 	// no session here yet. The logout marks the sid before ending sessions,
 	// and this check runs after the save, so one of the two sees the other;
 	// a session must not outlive its Pliro session (Back-Channel Logout 1.0
-	// §2.7). The customer arrives signed out, and a protected page signs
-	// them in afresh. Only an authentication from before the logout is
-	// refused: should Pliro ever reuse a sid, a new sign-in still works.
+	// §2.7). Only an authentication from before the logout is refused:
+	// should Pliro reuse a sid, a sign-in after it still works (without
+	// auth_time, nothing tells them apart, and the sign-in is refused).
+	// The answer is an error page, not a redirect to the page, which could
+	// start the same refused sign-in again and loop.
 	if s.ProviderSID != "" {
 		endedAt, marked, err := h.store.SIDEndedAt(r.Context(), s.ProviderSID)
 		ended := marked && !claims.AuthTime.After(endedAt)
@@ -289,9 +291,8 @@ func (h *Handler) finishSignIn(w http.ResponseWriter, r *http.Request) (silent b
 			return a.Silent, resultStoreError, caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("checking for a back-channel logout: %w", err))
 		}
 		if ended {
-			h.logger.Info("Pliro session ended during sign-in; not signing in", zap.String("customer_id", s.Subject))
-			http.Redirect(w, r, a.ReturnTo, http.StatusSeeOther)
-			return a.Silent, resultSessionEnded, nil
+			return a.Silent, resultSessionEnded, caddyhttp.Error(http.StatusUnauthorized,
+				errors.New("the Pliro session ended during sign-in (back-channel logout); sign in again"))
 		}
 	}
 	h.setSessionCookie(w, r, cookieValue)

@@ -85,14 +85,20 @@ func TestVisitDoesNotUndoARefresh(t *testing.T) {
 				t.Errorf("LastSeen %v, want %v", got.LastSeen, seen)
 			}
 
-			// A later refresh carrying an older LastSeen does not move the
-			// visit back.
+			// A later refresh carrying an older LastSeen, and the earlier
+			// deadline that goes with it, moves neither the visit nor the
+			// deadline it set back.
 			again := *got
 			again.LastSeen = t0
-			if ok, err := st.Replace(ctx, "k", &again, seen.Add(time.Hour)); err != nil || !ok {
+			if ok, err := st.Replace(ctx, "k", &again, time.Now().Add(100*time.Millisecond)); err != nil || !ok {
 				t.Fatalf("Replace: %v %v", ok, err)
 			}
-			if got, _, _ := st.Load(ctx, "k"); !got.LastSeen.Equal(seen) {
+			time.Sleep(200 * time.Millisecond)
+			got, found, err = st.Load(ctx, "k")
+			if err != nil || !found {
+				t.Fatalf("the session ended at the refresh's older deadline, not the visit's: %v %v", found, err)
+			}
+			if !got.LastSeen.Equal(seen) {
 				t.Errorf("LastSeen %v after a refresh with an older copy, want %v", got.LastSeen, seen)
 			}
 
@@ -123,6 +129,11 @@ func TestSIDEndedMarks(t *testing.T) {
 				t.Fatal(err)
 			}
 			if err := st.MarkSIDEnded(ctx, "sid-short", at, 50*time.Millisecond); err != nil {
+				t.Fatal(err)
+			}
+			// A late or retried older logout for the same sid does not move
+			// the time back.
+			if err := st.MarkSIDEnded(ctx, "sid-1", at.Add(-time.Minute), time.Minute); err != nil {
 				t.Fatal(err)
 			}
 			got, ok, err := st.SIDEndedAt(ctx, "sid-1")

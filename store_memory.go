@@ -154,10 +154,14 @@ func (m *memoryStore) Replace(_ context.Context, key string, s *Session, deadlin
 		return false, nil
 	}
 	if old.session.LastSeen.After(s.LastSeen) {
-		// A visit recorded since s was read (Touch) stays recorded.
+		// A visit recorded since s was read (Touch) stays recorded, and so
+		// does the deadline it moved.
 		kept := *s
 		kept.LastSeen = old.session.LastSeen
 		s = &kept
+	}
+	if old.deadline.After(deadline) {
+		deadline = old.deadline
 	}
 	m.unindex(key, old.session)
 	m.putLocked(key, s, deadline)
@@ -257,6 +261,9 @@ func (m *memoryStore) MarkSIDEnded(_ context.Context, sid string, at time.Time, 
 	m.ready()
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if old, ok := m.endedSID[sid]; ok && old.At.After(at) {
+		at = old.At // a late or retried older logout does not move it back
+	}
 	m.endedSID[sid] = sidMark{At: at, Until: now().Add(ttl)}
 	return nil
 }

@@ -332,7 +332,7 @@ func newRedisStore(cfg RedisStoreConfig, logger *zap.Logger) (*redisStore, error
 	if logger == nil {
 		logger = zap.NewNop()
 	}
-	routeRedisLogs.Do(func() { redis.SetLogger(redisLogger{caddy.Log().Named("redis")}) })
+	routeRedisLogs.Do(func() { redis.SetLogger(redisLogger{}) })
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &redisStore{
 		client:      redis.NewUniversalClient(cfg.universalOptions()),
@@ -357,11 +357,17 @@ func newRedisStore(cfg RedisStoreConfig, logger *zap.Logger) (*redisStore, error
 var routeRedisLogs sync.Once
 
 // redisLogger writes go-redis's log lines at debug level: the store's own
-// errors already report an outage, once per failed operation.
+// errors already report an outage, once per failed operation. Without a
+// logger of its own (the one set process-wide), it writes to Caddy's
+// default log as it is at the time of the line, which a reload may change.
 type redisLogger struct{ logger *zap.Logger }
 
 func (l redisLogger) Printf(_ context.Context, format string, v ...any) {
-	if ce := l.logger.Check(zap.DebugLevel, "go-redis"); ce != nil {
+	logger := l.logger
+	if logger == nil {
+		logger = caddy.Log().Named("redis")
+	}
+	if ce := logger.Check(zap.DebugLevel, "go-redis"); ce != nil {
 		ce.Write(zap.String("message", fmt.Sprintf(format, v...)))
 	}
 }
@@ -616,7 +622,7 @@ func (s *redisStore) Forget(ctx context.Context, key string) error {
 func (s *redisStore) MarkSIDEnded(ctx context.Context, sid string, at time.Time, ttl time.Duration) error {
 	ctx, cancel := s.op(ctx)
 	defer cancel()
-	if err := s.client.Set(ctx, s.endedSIDKey(sid), at.UnixMilli(), ttl).Err(); err != nil {
+	if err := redisMarkSIDScript.Run(ctx, s.client, []string{s.endedSIDKey(sid)}, at.UnixMilli(), ttl.Milliseconds()).Err(); err != nil {
 		return fmt.Errorf("marking Pliro session ended: %w", err)
 	}
 	return nil
@@ -891,15 +897,23 @@ func (c *redisLocalCache) size() int {
 
 // redisSaveScript writes a session and its index entries, removes the key
 // from the indexes of the sid and subject it had before, and announces the
-// change. With must-exist "1" it writes nothing (and returns 0) when the
-// session is gone: a visit or a refresh never brings back a session that a
-// sign-out ended meanwhile.
+// change. With must-exist "1" (Replace) it writes nothing (and returns 0)
+// when the session is gone: a refresh never brings back a session that a
+// sign-out ended meanwhile; and it keeps a later deadline that a visit
+// (Touch) wrote since the session was read.
 //
 //	KEYS: session hash, sid index, subject index
 //	ARGV: key, data, sid, sub, deadline (unix ms), index ttl (ms), base, channel, must-exist
 var redisSaveScript = redis.NewScript(`
-if ARGV[9] == '1' and redis.call('EXISTS', KEYS[1]) == 0 then
-  return 0
+local dl = ARGV[5]
+if ARGV[9] == '1' then
+  if redis.call('EXISTS', KEYS[1]) == 0 then
+    return 0
+  end
+  local cur = redis.call('HGET', KEYS[1], 'dl')
+  if cur and tonumber(cur) > tonumber(dl) then
+    dl = cur
+  end
 end
 local old = redis.call('HMGET', KEYS[1], 'sid', 'sub')
 if old[1] and old[1] ~= '' and old[1] ~= ARGV[3] then
@@ -908,8 +922,8 @@ end
 if old[2] and old[2] ~= '' and old[2] ~= ARGV[4] then
   redis.call('SREM', ARGV[7] .. 'sub:' .. old[2], ARGV[1])
 end
-redis.call('HSET', KEYS[1], 'data', ARGV[2], 'sid', ARGV[3], 'sub', ARGV[4], 'dl', ARGV[5])
-redis.call('PEXPIREAT', KEYS[1], ARGV[5])
+redis.call('HSET', KEYS[1], 'data', ARGV[2], 'sid', ARGV[3], 'sub', ARGV[4], 'dl', dl)
+redis.call('PEXPIREAT', KEYS[1], dl)
 local ttl = tonumber(ARGV[6])
 for i = 2, 3 do
   if ARGV[i + 1] ~= '' then
@@ -946,6 +960,21 @@ for i = 1, 2 do
   end
 end
 redis.call('PUBLISH', ARGV[6], ARGV[1])
+return 1
+`)
+
+// redisMarkSIDScript records when Pliro ended a session, keeping the later
+// time when it is marked already (a late or retried older logout).
+//
+//	KEYS: mark
+//	ARGV: time (unix ms), ttl (ms)
+var redisMarkSIDScript = redis.NewScript(`
+local cur = redis.call('GET', KEYS[1])
+local at = ARGV[1]
+if cur and tonumber(cur) > tonumber(at) then
+  at = cur
+end
+redis.call('SET', KEYS[1], at, 'PX', ARGV[2])
 return 1
 `)
 
