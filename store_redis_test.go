@@ -1284,3 +1284,33 @@ func TestRedisTouchExtendsIndexes(t *testing.T) {
 		t.Errorf("DeleteByProviderSID after Touch = %d, %v; want 1", n, err)
 	}
 }
+
+// The same, end to end: a process whose Redis store cannot dial writes no
+// line of go-redis's own format ("redis: <date> pool.go:...") to stderr. The
+// test runs itself as that process, so that go-redis's process-wide logger
+// starts as it does in Caddy.
+func TestRedisDialErrorsStayOffStderr(t *testing.T) {
+	if os.Getenv("PLIRO_REDIS_STDERR_CHILD") == "1" {
+		s, err := newRedisStore(RedisStoreConfig{Addresses: []string{"127.0.0.1:1"}, tenant: "t"}, zap.NewNop())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		for range 3 {
+			_, _, _ = s.Load(context.Background(), "k")
+		}
+		return
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestRedisDialErrorsStayOffStderr$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "PLIRO_REDIS_STDERR_CHILD=1")
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("child: %v\n%s", err, stderr.String())
+	}
+	for _, line := range strings.Split(stderr.String(), "\n") {
+		if strings.HasPrefix(line, "redis: ") {
+			t.Fatalf("go-redis wrote to stderr: %q", line)
+		}
+	}
+}
