@@ -33,7 +33,8 @@ type endpoints struct {
 	token      string
 	userinfo   string
 	endSession string
-	pkce       bool // send PKCE S256 (RFC 7636)
+	pkce       bool   // send PKCE S256 (RFC 7636)
+	jwksURL    string // where keys come from; empty with a pinned key
 	keys       oidc.KeySet
 	idTokens   *oidc.IDTokenVerifier
 }
@@ -57,6 +58,15 @@ type provider struct {
 	failures int
 	retryAt  time.Time
 	lastErr  error
+
+	// Rediscovery after a reload (rediscover): at most one at a time, and
+	// none once the provider is destructed, which cancels and waits for it.
+	bgMu          sync.Mutex
+	rediscovering bool
+	destructed    bool
+	bgCtx         context.Context
+	bgCancel      context.CancelFunc
+	bgDone        sync.WaitGroup
 }
 
 // maxDiscoveryGap is the longest wait between discovery attempts.
@@ -90,6 +100,7 @@ func loadProvider(cfg *provider, pinnedPEM []byte) (*provider, string, error) {
 	key := providerPoolKey(cfg, pinnedPEM)
 	val, loaded, err := providerPool.LoadOrNew(key, func() (caddy.Destructor, error) {
 		cfg.client = newProviderClient(cfg.timeout)
+		cfg.bgCtx, cfg.bgCancel = context.WithCancel(context.Background())
 		return cfg, nil
 	})
 	if err != nil {
@@ -98,8 +109,59 @@ func loadProvider(cfg *provider, pinnedPEM []byte) (*provider, string, error) {
 	p := val.(*provider)
 	if loaded {
 		p.retryNow()
+		p.rediscover()
 	}
 	return p, key, nil
+}
+
+// rediscover fetches the discovery document again in the background, for a
+// pooled provider that learned its endpoints before a reload: the operator
+// may reload because Pliro's document changed (a new endpoint or jwks_uri,
+// S256 newly advertised), which would otherwise take a restart. No request
+// waits for it: requests keep the endpoints they have until it stores new
+// ones, and when it fails (Pliro down) the old ones stay, as they still
+// work. One runs at a time, however many reloads come, and none outlives
+// the provider. A pinned key means no discovery, and there is nothing to
+// redo for a provider that has not learned its endpoints yet.
+func (p *provider) rediscover() {
+	if len(p.pinnedKeys) > 0 || p.ready.Load() == nil {
+		return
+	}
+	p.bgMu.Lock()
+	defer p.bgMu.Unlock()
+	if p.rediscovering || p.destructed || p.bgCtx == nil {
+		return
+	}
+	p.rediscovering = true
+	p.bgDone.Add(1)
+	go func() {
+		defer p.bgDone.Done()
+		defer func() {
+			p.bgMu.Lock()
+			p.rediscovering = false
+			p.bgMu.Unlock()
+		}()
+		e, err := p.learn(p.bgCtx)
+		if err != nil || p.bgCtx.Err() != nil {
+			return
+		}
+		old := p.ready.Load()
+		if old == nil || sameEndpoints(old, e) {
+			return
+		}
+		if e.jwksURL == old.jwksURL {
+			// The same JWKS: keep its cache and its refetch limiter.
+			e.keys, e.idTokens = old.keys, old.idTokens
+		}
+		p.ready.Store(e)
+	}()
+}
+
+// sameEndpoints tells whether a and b send customers, codes and tokens to
+// the same places, the same way, and verify with keys from the same place.
+func sameEndpoints(a, b *endpoints) bool {
+	return a.authorize == b.authorize && a.token == b.token && a.userinfo == b.userinfo &&
+		a.endSession == b.endSession && a.pkce == b.pkce && a.jwksURL == b.jwksURL
 }
 
 // retryNow lifts the discovery backoff of a provider that has not reached
@@ -113,9 +175,17 @@ func (p *provider) retryNow() {
 	p.failures, p.retryAt = 0, time.Time{}
 }
 
-// Destruct runs when the last config using the provider is gone: it closes
-// the idle connections to Pliro, which nothing else would.
+// Destruct runs when the last config using the provider is gone: it ends a
+// rediscovery in progress and closes the idle connections to Pliro, which
+// nothing else would.
 func (p *provider) Destruct() error {
+	p.bgMu.Lock()
+	p.destructed = true
+	p.bgMu.Unlock()
+	if p.bgCancel != nil {
+		p.bgCancel()
+	}
+	p.bgDone.Wait()
 	if t, ok := p.client.Transport.(timedTransport); ok {
 		if c, ok := t.next.(interface{ CloseIdleConnections() }); ok {
 			c.CloseIdleConnections()
@@ -154,7 +224,8 @@ func (p *provider) get(ctx context.Context) (*endpoints, error) {
 	if now().Before(p.retryAt) {
 		return nil, p.lastErr
 	}
-	e, err := p.learn(ctx)
+	// Shared result: one visitor hanging up must not fail it for everyone.
+	e, err := p.learn(context.WithoutCancel(ctx))
 	if err != nil {
 		p.failures++
 		p.retryAt = now().Add(min(time.Second<<min(p.failures-1, 6), maxDiscoveryGap))
@@ -165,6 +236,8 @@ func (p *provider) get(ctx context.Context) (*endpoints, error) {
 	return e, nil
 }
 
+// learn discovers the endpoints (or lays them out, with a pinned key),
+// within p.timeout; ctx ends it sooner.
 func (p *provider) learn(ctx context.Context) (*endpoints, error) {
 	if len(p.pinnedKeys) > 0 {
 		return p.withKeys(&endpoints{
@@ -175,8 +248,7 @@ func (p *provider) learn(ctx context.Context) (*endpoints, error) {
 			pkce:       p.pkce == "on",
 		}, &oidc.StaticKeySet{PublicKeys: p.pinnedKeys}), nil
 	}
-	// Shared result: one visitor hanging up must not fail it for everyone.
-	ctx, cancel := context.WithTimeout(withEndpoint(context.WithoutCancel(ctx), endpointDiscovery), p.timeout)
+	ctx, cancel := context.WithTimeout(withEndpoint(ctx, endpointDiscovery), p.timeout)
 	defer cancel()
 	// go-oidc fetches the discovery document and checks that its issuer is
 	// exactly ours (OIDC Discovery 1.0 §4.3), which stops a mix-up with
@@ -203,6 +275,7 @@ func (p *provider) learn(ctx context.Context) (*endpoints, error) {
 		token:      extra.TokenEndpoint,
 		userinfo:   extra.UserinfoURL,
 		endSession: extra.EndSession,
+		jwksURL:    extra.JWKSURI,
 		// Pliro's PKCE support is unknown: send it where the provider
 		// advertises S256 (RFC 9700 §2.1.1 recommends PKCE), or when the
 		// operator says so.

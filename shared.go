@@ -127,15 +127,25 @@ func (h *Handler) sealerFor(ctx context.Context) (*sealer, error) {
 
 // storedKey is a sealing key kept in Caddy's storage, so that a restart, or
 // another instance sharing the storage, can open cookies sealed before. It
-// is read (or created) on first use; a storage error is retried on the next.
+// is read (or created) on first use; a storage error is retried on a later
+// use, once keyFailureMemo has passed.
 type storedKey struct {
 	storage certmagic.Storage // nil: a key for this process only
 	name    string
 	logger  *zap.Logger
 
-	mu sync.Mutex
-	s  *sealer
+	mu          sync.Mutex
+	s           *sealer
+	failed      error     // the last attempt's, answered until failedUntil
+	failedUntil time.Time // wall clock, as keyLockWait
 }
+
+// keyFailureMemo is how long a failure to load the sealing key answers
+// further uses at once. An attempt may wait keyLockWait for the storage
+// lock while holding storedKey.mu; without the memo, the sign-ins queued
+// behind it would each try (and wait) again in turn, the n-th for about n
+// times keyLockWait. A variable for the tests.
+var keyFailureMemo = 5 * time.Second
 
 func (k *storedKey) current(ctx context.Context) (*sealer, error) {
 	k.mu.Lock()
@@ -143,11 +153,15 @@ func (k *storedKey) current(ctx context.Context) (*sealer, error) {
 	if k.s != nil {
 		return k.s, nil
 	}
+	if k.failed != nil && time.Now().Before(k.failedUntil) {
+		return nil, k.failed
+	}
 	key := make([]byte, 32)
 	_, _ = rand.Read(key)
 	if k.storage != nil {
 		var err error
 		if key, err = loadOrCreateKey(ctx, k.storage, k.name, k.logger); err != nil {
+			k.failed, k.failedUntil = err, time.Now().Add(keyFailureMemo)
 			return nil, err
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -90,8 +91,9 @@ func TestSealingKeyCreatedOnceByRacingInstances(t *testing.T) {
 func TestSealingKeyLockFailures(t *testing.T) {
 	const name = "pliro/fedcba9876543210/sealing-key"
 	orig := keyLockWait
-	keyLockWait = 1500 * time.Millisecond
-	t.Cleanup(func() { keyLockWait = orig })
+	origMemo := keyFailureMemo
+	keyLockWait, keyFailureMemo = 1500*time.Millisecond, 100*time.Millisecond
+	t.Cleanup(func() { keyLockWait, keyFailureMemo = orig, origMemo })
 
 	for _, tc := range []struct {
 		name    string
@@ -123,8 +125,10 @@ func TestSealingKeyLockFailures(t *testing.T) {
 			if _, err := (&certmagic.FileStorage{Path: dir}).Load(context.Background(), name); err == nil {
 				t.Fatal("a key was written without the lock")
 			}
-			// Once the storage works again, the next use gets a key.
+			// Once the storage works again, the next use after
+			// keyFailureMemo gets a key.
 			k.storage = &certmagic.FileStorage{Path: t.TempDir()}
+			time.Sleep(keyFailureMemo)
 			if s, err := k.current(context.Background()); err != nil || s == nil {
 				t.Fatalf("after the failure: %v", err)
 			}
@@ -136,4 +140,77 @@ type failingLock struct{ *certmagic.FileStorage }
 
 func (failingLock) Lock(context.Context, string) error {
 	return errors.New("lock service unavailable")
+}
+
+// TestSealingKeyFailureAnswersWaiters: the storage lock cannot be had, and
+// many sign-ins need the sealing key at once. The first waits keyLockWait
+// for the lock; the others, queued behind it, get its error at once rather
+// than each waiting keyLockWait again in turn (the n-th sign-in would wait
+// n times as long). Once keyFailureMemo has passed, a use tries again, and
+// gets the key when the lock works.
+func TestSealingKeyFailureAnswersWaiters(t *testing.T) {
+	const name = "pliro/00112233aabbccdd/sealing-key"
+	origWait, origMemo := keyLockWait, keyFailureMemo
+	keyLockWait, keyFailureMemo = 400*time.Millisecond, 3*time.Second
+	t.Cleanup(func() { keyLockWait, keyFailureMemo = origWait, origMemo })
+
+	dir := t.TempDir()
+	storage := &stuckLock{FileStorage: &certmagic.FileStorage{Path: dir}}
+	k := &storedKey{storage: storage, name: name, logger: zap.NewNop()}
+	const callers = 10
+	var (
+		wg   sync.WaitGroup
+		errs [callers]error
+	)
+	start := time.Now()
+	for i := range callers {
+		wg.Go(func() { _, errs[i] = k.current(context.Background()) })
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	for i, err := range errs {
+		if err == nil || !strings.Contains(err.Error(), "locking "+name) {
+			t.Fatalf("caller %d: got %v, want the error about locking", i, err)
+		}
+	}
+	if n := storage.attempts.Load(); n != 1 {
+		t.Errorf("%d attempts to lock, want 1 (the others answered with its failure)", n)
+	}
+	if elapsed > 3*keyLockWait {
+		t.Errorf("%d callers took %s in all; one wait for the lock is %s", callers, elapsed, keyLockWait)
+	}
+
+	// Within keyFailureMemo, a use is answered at once without trying.
+	storage.works.Store(true)
+	if _, err := k.current(context.Background()); err == nil || storage.attempts.Load() != 1 {
+		t.Fatalf("within the memo: %v after %d attempts", err, storage.attempts.Load())
+	}
+	// After it, the next use tries again and gets the key.
+	time.Sleep(time.Until(start.Add(elapsed + keyFailureMemo)))
+	if s, err := k.current(context.Background()); err != nil || s == nil {
+		t.Fatalf("after the memo: %v", err)
+	}
+	if n := storage.attempts.Load(); n != 2 {
+		t.Errorf("%d attempts to lock, want 2", n)
+	}
+	if key, err := (&certmagic.FileStorage{Path: dir}).Load(context.Background(), name); err != nil || len(key) != 32 {
+		t.Fatalf("no key in storage after the retry: %v", err)
+	}
+}
+
+// stuckLock is file storage whose lock is held elsewhere until works is
+// set: Lock waits for the context to end.
+type stuckLock struct {
+	*certmagic.FileStorage
+	attempts atomic.Int32
+	works    atomic.Bool
+}
+
+func (s *stuckLock) Lock(ctx context.Context, name string) error {
+	s.attempts.Add(1)
+	if s.works.Load() {
+		return s.FileStorage.Lock(ctx, name)
+	}
+	<-ctx.Done()
+	return ctx.Err()
 }
