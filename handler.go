@@ -262,7 +262,11 @@ func (h *Handler) finishSignIn(w http.ResponseWriter, r *http.Request) (silent b
 	}
 	t := now()
 	s := claims.session()
-	s.IDToken = tokens.idToken
+	if h.endProviderSession() {
+		// Kept only for id_token_hint at sign-out: it is some 40% of a
+		// session's memory.
+		s.IDToken = tokens.idToken
+	}
 	s.AccessToken = tokens.accessToken
 	s.Created, s.LastSeen, s.ClaimsAt, s.ReauthAt = t, t, t, t
 	cookieValue, key := newSessionID()

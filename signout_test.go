@@ -1,8 +1,10 @@
 package pliro
 
 import (
+	"context"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/url"
 	"strings"
@@ -258,4 +260,41 @@ func TestSignOutWhileProviderUnreachable(t *testing.T) {
 	requireRedirect(t, signOut(t, site, b, nil), "/goodbye")
 	requireSessionEnded(t, site, b)
 	requireSessionEnded(t, site, thief)
+}
+
+// The ID token is kept only to send as id_token_hint at sign-out: with
+// end_provider_session off it is not stored at all (it is some 40% of a
+// session's memory). Read in Redis, where the stored session can be seen.
+func TestIDTokenKeptOnlyForProviderSignOut(t *testing.T) {
+	for _, c := range []struct {
+		option string
+		kept   bool
+	}{
+		{"", true},
+		{"end_provider_session off", false},
+	} {
+		t.Run(fmt.Sprintf("%q", c.option), func(t *testing.T) {
+			srv := startTestRedis(t)
+			p := newTestProvider(t)
+			site := startCaddy(t, siteFor(p, c.option+"\n\t\tstore redis "+srv.addr))
+			signIn(t, site, newBrowser(t), "/members/x")
+
+			raw := rawRedis(t, srv.addr)
+			keys, err := raw.Keys(context.Background(), "*}*s:*").Result()
+			if err != nil || len(keys) != 1 {
+				t.Fatalf("session keys %v, %v; want one", keys, err)
+			}
+			data, err := raw.HGet(context.Background(), keys[0], "data").Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var stored Session
+			if err := json.Unmarshal([]byte(data), &stored); err != nil {
+				t.Fatal(err)
+			}
+			if kept := stored.IDToken != ""; kept != c.kept {
+				t.Errorf("ID token stored: %v, want %v", kept, c.kept)
+			}
+		})
+	}
 }
