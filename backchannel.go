@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/go-jose/go-jose/v4"
 	"go.uber.org/zap"
 )
@@ -251,6 +252,35 @@ func (a *logoutAudience) UnmarshalJSON(b []byte) error {
 		return nil
 	}
 	return json.Unmarshal(b, (*[]string)(a))
+}
+
+// endIfLoggedOutMeanwhile ends the session just saved under key when Pliro
+// ended its session sid while the sign-in was in flight: Pliro issued the
+// code, then sent a back-channel logout that found no session here yet. The
+// logout marks the sid before ending sessions, and this check runs after the
+// save, so one of the two sees the other; a session must not outlive its
+// Pliro session (Back-Channel Logout 1.0 §2.7). Only an authentication from
+// before the logout is refused: should Pliro reuse a sid, a sign-in after it
+// still works (without auth_time nothing tells them apart, and the sign-in
+// is refused). The answer is an error page, not a redirect to the page,
+// which could start the same refused sign-in again and loop.
+func (h *Handler) endIfLoggedOutMeanwhile(ctx context.Context, key, sid string, authTime time.Time) (result string, err error) {
+	if sid == "" {
+		return "", nil
+	}
+	endedAt, marked, err := h.store.SIDEndedAt(ctx, sid)
+	ended := marked && !authTime.After(endedAt)
+	if err == nil && !ended {
+		return "", nil
+	}
+	if delErr := h.store.Delete(context.WithoutCancel(ctx), key); delErr != nil {
+		h.logger.Warn("ending a session of an ended Pliro session", zap.Error(delErr))
+	}
+	if err != nil {
+		return resultStoreError, caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("checking for a back-channel logout: %w", err))
+	}
+	return resultSessionEnded, caddyhttp.Error(http.StatusUnauthorized,
+		errors.New("the Pliro session ended during sign-in (back-channel logout); sign in again"))
 }
 
 // endedSIDTTL is how long an ended Pliro session is remembered: as long as

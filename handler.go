@@ -1,7 +1,6 @@
 package pliro
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -273,31 +272,10 @@ func (h *Handler) finishSignIn(w http.ResponseWriter, r *http.Request) (silent b
 	if err := h.store.Save(r.Context(), key, s, h.deadline(s)); err != nil {
 		return a.Silent, resultStoreError, caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("saving session: %w", err))
 	}
-	// Pliro may have ended its session (sid) while this sign-in was in
-	// flight: it issued the code, then sent a back-channel logout that found
-	// no session here yet. The logout marks the sid before ending sessions,
-	// and this check runs after the save, so one of the two sees the other;
-	// a session must not outlive its Pliro session (Back-Channel Logout 1.0
-	// §2.7). Only an authentication from before the logout is refused:
-	// should Pliro reuse a sid, a sign-in after it still works (without
-	// auth_time, nothing tells them apart, and the sign-in is refused).
-	// The answer is an error page, not a redirect to the page, which could
-	// start the same refused sign-in again and loop.
-	if s.ProviderSID != "" {
-		endedAt, marked, err := h.store.SIDEndedAt(r.Context(), s.ProviderSID)
-		ended := marked && !claims.AuthTime.After(endedAt)
-		if err != nil || ended {
-			if delErr := h.store.Delete(context.WithoutCancel(r.Context()), key); delErr != nil {
-				h.logger.Warn("ending a session of an ended Pliro session", zap.Error(delErr))
-			}
-		}
-		if err != nil {
-			return a.Silent, resultStoreError, caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("checking for a back-channel logout: %w", err))
-		}
-		if ended {
-			return a.Silent, resultSessionEnded, caddyhttp.Error(http.StatusUnauthorized,
-				errors.New("the Pliro session ended during sign-in (back-channel logout); sign in again"))
-		}
+	// Pliro may have ended its session while this sign-in was in flight
+	// (backchannel.go): then the new session goes again.
+	if result, err := h.endIfLoggedOutMeanwhile(r.Context(), key, s.ProviderSID, claims.AuthTime); err != nil {
+		return a.Silent, result, err
 	}
 	h.setSessionCookie(w, r, cookieValue)
 	h.logger.Info("customer signed in", zap.String("customer_id", s.Subject), zap.Bool("silent", a.Silent))
