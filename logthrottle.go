@@ -33,5 +33,5 @@ func (l *logThrottle) warn(logger *zap.Logger, msg string, err error) {
 		l.held.Add(1)
 		return
 	}
-	logger.Warn(msg, zap.Error(err), zap.Int64("similar_warnings_held_back", l.held.Swap(0)))
+	logger.Warn(msg, zap.Error(err), zap.Int64("store_warnings_held_back", l.held.Swap(0)))
 }

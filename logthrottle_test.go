@@ -41,7 +41,7 @@ func TestStoreOutageWarnsOncePerInterval(t *testing.T) {
 	if len(warnings) != 2 {
 		t.Fatalf("after the interval: %d warnings, want 2", len(warnings))
 	}
-	if held := warnings[1].ContextMap()["similar_warnings_held_back"]; held != int64(999) {
+	if held := warnings[1].ContextMap()["store_warnings_held_back"]; held != int64(999) {
 		t.Errorf("second warning says %v held back, want 999", held)
 	}
 	if warnings[1].ContextMap()["error"] != errUnitStoreDown.Error() {

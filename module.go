@@ -282,27 +282,13 @@ func (h *Handler) setDefaults() {
 	setDefault(&h.SignOutPath, defaultSignOutPath)
 	setDefault(&h.BackchannelLogoutPath, defaultBackchannelPath)
 	setDefault(&h.CookieName, defaultCookieName)
-	if h.IdleTimeout == 0 {
-		h.IdleTimeout = caddy.Duration(defaultIdleTimeout)
-	}
-	if h.MaxLifetime == 0 {
-		h.MaxLifetime = caddy.Duration(defaultMaxLifetime)
-	}
-	if h.ClockSkew == 0 {
-		h.ClockSkew = caddy.Duration(defaultClockSkew)
-	}
-	if h.RefreshInterval == 0 {
-		h.RefreshInterval = caddy.Duration(defaultRefreshInterval)
-	}
-	if h.ProviderTimeout == 0 {
-		h.ProviderTimeout = caddy.Duration(defaultProviderTimeout)
-	}
-	if h.UserinfoTimeout == 0 {
-		h.UserinfoTimeout = caddy.Duration(defaultUserinfoTimeout)
-	}
-	if h.LogoutTokenMaxAge == 0 {
-		h.LogoutTokenMaxAge = caddy.Duration(defaultLogoutTokenMaxAge)
-	}
+	setDefault(&h.IdleTimeout, caddy.Duration(defaultIdleTimeout))
+	setDefault(&h.MaxLifetime, caddy.Duration(defaultMaxLifetime))
+	setDefault(&h.ClockSkew, caddy.Duration(defaultClockSkew))
+	setDefault(&h.RefreshInterval, caddy.Duration(defaultRefreshInterval))
+	setDefault(&h.ProviderTimeout, caddy.Duration(defaultProviderTimeout))
+	setDefault(&h.UserinfoTimeout, caddy.Duration(defaultUserinfoTimeout))
+	setDefault(&h.LogoutTokenMaxAge, caddy.Duration(defaultLogoutTokenMaxAge))
 	setDefault(&h.PostLogoutRedirectURI, "/")
 	setDefault(&h.SignOutRedirect, "/")
 }
@@ -473,8 +459,11 @@ func (h *Handler) authStyle() oauth2.AuthStyle {
 	return oauth2.AuthStyleInHeader
 }
 
-func setDefault(field *string, value string) {
-	if *field == "" {
+// setDefault sets *field to value when it holds its zero value (not
+// configured).
+func setDefault[T comparable](field *T, value T) {
+	var zero T
+	if *field == zero {
 		*field = value
 	}
 }

@@ -67,8 +67,10 @@ type Store interface {
 	Save(ctx context.Context, key string, s *Session, deadline time.Time) error
 	// Replace is Save for a session that must still exist: it stores s
 	// only if a session is saved under key now, and reports whether it did.
-	// Updates of a live session (a visit, fresh claims) use it, so that a
-	// session ended meanwhile (sign-out, back-channel logout) stays ended.
+	// Updates of a live session (fresh claims, a silent re-authentication
+	// starting) use it, so that a session ended meanwhile (sign-out,
+	// back-channel logout) stays ended. It keeps a later LastSeen and
+	// deadline that a visit (Touch) wrote since s was read.
 	Replace(ctx context.Context, key string, s *Session, deadline time.Time) (bool, error)
 	// Touch records a visit: it sets LastSeen of the session saved under
 	// key to seen and its deadline to deadline, and leaves the rest as it

@@ -16,7 +16,7 @@ var bothStores = map[string]func(t *testing.T) Store{
 }
 
 // TestReplaceNeverResurrectsAnEndedSession: a request loads a session, a
-// back-channel logout ends it, then the request writes its visit (LastSeen)
+// back-channel logout ends it, then the request writes its refreshed claims
 // back. Save would bring the session back to life; Replace must not.
 func TestReplaceNeverResurrectsAnEndedSession(t *testing.T) {
 	for name, store := range bothStores {

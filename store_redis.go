@@ -125,21 +125,11 @@ const (
 // withDefaults returns c with every default filled in and the addresses
 // completed with the default port.
 func (c RedisStoreConfig) withDefaults() RedisStoreConfig {
-	if c.KeyPrefix == "" {
-		c.KeyPrefix = defaultRedisKeyPrefix
-	}
-	if c.DialTimeout == 0 {
-		c.DialTimeout = caddy.Duration(defaultRedisDialTimeout)
-	}
-	if c.ReadTimeout == 0 {
-		c.ReadTimeout = caddy.Duration(defaultRedisReadTimeout)
-	}
-	if c.WriteTimeout == 0 {
-		c.WriteTimeout = caddy.Duration(defaultRedisWriteTimeout)
-	}
-	if c.LocalCacheTTL == 0 {
-		c.LocalCacheTTL = caddy.Duration(defaultRedisLocalCacheTTL)
-	}
+	setDefault(&c.KeyPrefix, defaultRedisKeyPrefix)
+	setDefault(&c.DialTimeout, caddy.Duration(defaultRedisDialTimeout))
+	setDefault(&c.ReadTimeout, caddy.Duration(defaultRedisReadTimeout))
+	setDefault(&c.WriteTimeout, caddy.Duration(defaultRedisWriteTimeout))
+	setDefault(&c.LocalCacheTTL, caddy.Duration(defaultRedisLocalCacheTTL))
 	port := defaultRedisPort
 	if c.MasterName != "" {
 		port = defaultRedisSentinelPort
